@@ -1,0 +1,227 @@
+"""Serve vs the raw model: requests/s and p50/p95/p99 latency at concurrency 1, 8 and 32, in one run.
+
+1. Raw forward in this process (no Ray): ``Predictor.predict`` on one text at a time (batch 1) and on
+   batches of ``--raw-batch`` texts, torch on ``--num-cpus`` threads, the same real NSMC reviews.
+2. Serve on a local cluster (127.0.0.1 only): one replica with ``--num-cpus`` CPUs, dynamic batching;
+   ``--requests`` single-text POST /predict per concurrency level (at most ``--duration-s`` each), from
+   threads with keep-alive connections to 127.0.0.1.
+
+Goals, printed with the figures: at c=32 Serve's texts/s >= 80% of the raw batched forward; at c=1 Serve's
+p50 within 10 ms of the raw batch-1 forward's p50. Client, proxy and replica share this machine's cores
+with the raw forward's numbers measured alone, so the comparison is the one a single box gives.
+
+    .venv/bin/python bench/bench_serve.py --train tiny
+    .venv/bin/python bench/bench_serve.py --manifest runs/sweeps/nsmc-sweep/manifest.json
+    .venv/bin/python bench/bench_serve.py --train e5-small-ko --requests 200
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import requests  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(latencies_s: list[float], elapsed_s: float, texts: int) -> dict[str, float]:
+    ms = [x * 1000 for x in latencies_s]
+    return {"n": len(ms), "rps": texts / elapsed_s if elapsed_s else float("nan"),
+            "p50": percentile(ms, 0.50), "p95": percentile(ms, 0.95), "p99": percentile(ms, 0.99)}
+
+
+def nsmc_texts(n: int) -> list[str]:
+    from kosent.config import data_home
+
+    path = data_home() / "nsmc" / "ratings_train.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    out = [f[1] for f in (line.split("\t") for line in lines[-5 * n:]) if len(f) == 3 and f[1].strip()]
+    return out[:n]
+
+
+def train_checkpoint(model: str, out: Path) -> Path:
+    """A throwaway checkpoint of ``model`` (a few steps: speed, not accuracy, is measured)."""
+    from kosent.config import DataConfig, TrainConfig
+    from kosent.train import fit_local
+
+    cfg = TrainConfig(model=model, epochs=1, max_steps=8 if model == "tiny" else 4, batch_size=16,
+                      max_length=128, data=DataConfig(train_size=200, val_size=64, test_size=64))
+    return fit_local(cfg, out_dir=out).checkpoint
+
+
+def raw_forward(checkpoint: str, texts: list[str], threads: int, batch: int, seconds: float) -> dict[str, dict]:
+    import torch
+
+    from kosent.predict import Predictor
+
+    torch.set_num_threads(threads)
+    pred = Predictor.from_checkpoint(checkpoint, batch_size=max(64, batch))
+    for t in texts[:10]:
+        pred.predict([t])  # warm-up
+    lat, t0 = [], time.perf_counter()
+    for i, t in enumerate(texts):
+        s = time.perf_counter()
+        pred.predict([t])
+        lat.append(time.perf_counter() - s)
+        if time.perf_counter() - t0 > seconds and i >= 50:
+            break
+    one = summary(lat, sum(lat), len(lat))
+    lat, n, t0 = [], 0, time.perf_counter()
+    chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)] or [texts]
+    pred.predict(chunks[0])
+    for chunk in chunks:
+        s = time.perf_counter()
+        pred.predict(chunk)
+        lat.append(time.perf_counter() - s)
+        n += len(chunk)
+        if time.perf_counter() - t0 > seconds and len(lat) >= 5:
+            break
+    batched = summary(lat, sum(lat), n)
+    return {"batch1": one, "batched": batched}
+
+
+def http_load(url: str, texts: list[str], concurrency: int, total: int, seconds: float) -> dict[str, float]:
+    lat: list[float] = []
+    errors: list[str] = []
+    lock, counter = threading.Lock(), iter(range(total))
+    deadline = time.perf_counter() + seconds
+
+    def worker() -> None:
+        with requests.Session() as session:
+            while time.perf_counter() < deadline:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                s = time.perf_counter()
+                r = session.post(url, json={"text": texts[i % len(texts)]}, timeout=60)
+                took = time.perf_counter() - s
+                with lock:
+                    (lat.append(took) if r.status_code == 200 else errors.append(f"{r.status_code}"))
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out = summary(lat, time.perf_counter() - t0, len(lat))
+    out["errors"] = len(errors)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest")
+    src.add_argument("--checkpoint")
+    src.add_argument("--train", metavar="MODEL", help="train a throwaway checkpoint of MODEL (tiny, e5-small-ko)")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--requests", type=int, default=600, help="requests per concurrency level (upper bound)")
+    ap.add_argument("--duration-s", type=float, default=30.0, help="time per concurrency level (upper bound)")
+    ap.add_argument("--num-cpus", type=float, default=2.0, help="the replica's CPUs = the raw forward's threads")
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    ap.add_argument("--raw-batch", type=int, default=32, help="texts per raw batched forward")
+    ap.add_argument("--port", type=int, default=8125)
+    args = ap.parse_args()
+
+    texts = nsmc_texts(1000)
+    tmp = tempfile.TemporaryDirectory(prefix="kosent-bench-serve-")
+    if args.train:
+        checkpoint = str(train_checkpoint(args.train, Path(tmp.name)))
+    elif args.manifest:
+        from kosent.manifest import read_manifest
+
+        checkpoint = read_manifest(args.manifest)["checkpoint"]
+    else:
+        checkpoint = args.checkpoint
+    threads = max(1, int(round(args.num_cpus)))
+    print(f"checkpoint {checkpoint}; {threads} torch thread(s); load average {os.getloadavg()[0]:.1f}", flush=True)
+
+    raw = raw_forward(checkpoint, texts, threads, args.raw_batch, seconds=min(20.0, args.duration_s))
+    print(f"raw batch-1: {raw['batch1']['rps']:.1f} texts/s, p50 {raw['batch1']['p50']:.2f} ms; "
+          f"raw batch-{args.raw_batch}: {raw['batched']['rps']:.1f} texts/s", flush=True)
+
+    import ray
+    from ray import serve
+
+    from serve.app import app_builder
+
+    ray.init(num_cpus=max(2, int(args.num_cpus)), include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        serve.run(app_builder({
+            "checkpoint": checkpoint, "num_cpus": args.num_cpus, "min_replicas": 1, "max_replicas": 1,
+            "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
+            "max_ongoing_requests": max(64, 2 * args.max_batch_size), "max_queued_requests": -1,
+        }), name="bench", route_prefix="/")
+        url = f"http://127.0.0.1:{args.port}"
+        http_load(url + "/predict", texts, 4, 40, 30)  # warm-up
+        before = requests.get(url + "/stats", timeout=30).json()
+        rows = {}
+        for c in args.concurrency:
+            rows[c] = http_load(url + "/predict", texts, c, args.requests, args.duration_s)
+            print(f"c={c}: {rows[c]}", flush=True)
+        stats = requests.get(url + "/stats", timeout=30).json()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    new_batches = {k: v - before["batch_sizes"].get(k, 0) for k, v in stats["batch_sizes"].items()}
+    new_batches = {int(k): v for k, v in new_batches.items() if v}
+    print()
+    print("| path | requests | texts/s | p50 ms | p95 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|")
+    b1, bb = raw["batch1"], raw["batched"]
+    print(f"| raw forward, batch 1 | {b1['n']} | {b1['rps']:.1f} | {b1['p50']:.2f} | {b1['p95']:.2f} | {b1['p99']:.2f} | - |")
+    print(f"| raw forward, batch {args.raw_batch} | {bb['n']} batches | {bb['rps']:.1f} | {bb['p50']:.2f} | "
+          f"{bb['p95']:.2f} | {bb['p99']:.2f} | - |")
+    for c, r in rows.items():
+        print(f"| Serve HTTP, c={c} | {r['n']} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} "
+              f"| {r['errors']} |")
+    mean_batch = sum(k * v for k, v in new_batches.items()) / max(1, sum(new_batches.values()))
+    print(f"\nbatch sizes formed by the replica during the run: mean {mean_batch:.1f}, "
+          f"histogram {dict(sorted(new_batches.items()))}")
+    print("\n| goal | target | measured | met |")
+    print("|---|---|---|---|")
+    ok = True
+    if 32 in rows:
+        ratio = rows[32]["rps"] / bb["rps"]
+        met = ratio >= 0.8
+        ok &= met
+        print(f"| c=32 throughput vs raw batched forward | >= 80% | {100 * ratio:.0f}% "
+              f"({rows[32]['rps']:.1f} vs {bb['rps']:.1f} texts/s) | {'yes' if met else 'NO'} |")
+    if 1 in rows:
+        gap = rows[1]["p50"] - b1["p50"]
+        met = gap <= 10.0
+        ok &= met
+        print(f"| c=1 p50 vs raw batch-1 forward p50 | <= +10 ms | {gap:+.1f} ms "
+              f"({rows[1]['p50']:.1f} vs {b1['p50']:.1f} ms) | {'yes' if met else 'NO'} |")
+    tmp.cleanup()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Ray Train vs the plain in-process loop: same model, same data, same number of steps, side by side.
+
+    python bench/bench_train_ray.py                      # e5-small-ko, 24 steps of 16 x <=64 tokens
+    python bench/bench_train_ray.py --model tiny --max-steps 60
+
+Rows: ``fit_local`` in this process (2 threads); Ray Train with 1 worker x 2 CPUs (2 threads: the cost of
+Ray itself); Ray Train with 2 workers x 1 CPU (DDP over gloo: data parallelism on the same 2 cores).
+Throughput is the loop's own ``samples_per_second`` (training steps only: no start-up, evaluation or
+checkpointing); ``wall s`` is the whole call, start-up included. Ray's overhead % compares the 1-worker
+Ray row with the local row at equal threads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # the local cluster stays on loopback
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+
+def main() -> int:
+    from kosent.config import DataConfig, TrainConfig
+    from kosent.data import make_splits
+    from kosent.ray_train import connect, fit
+    from kosent.train import fit_local
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="e5-small-ko")
+    p.add_argument("--max-steps", type=int, default=24, help="training steps per run (per worker)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--train-size", type=int, default=1000)
+    p.add_argument("--val-size", type=int, default=200)
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args()
+
+    cpus = os.cpu_count() or 2
+    storage = tempfile.mkdtemp(prefix="kosent-bench-")
+    data = DataConfig(train_size=args.train_size, val_size=args.val_size, test_size=200)
+    base = TrainConfig(
+        model=args.model, epochs=1, max_steps=args.max_steps, batch_size=args.batch_size,
+        max_length=args.max_length, lr=5e-5, storage_path=storage, keep_checkpoints=1, data=data,
+    )
+    splits = make_splits(data)
+    rows = []
+
+    def record(label: str, workers: int, threads: int, history: list[dict], wall: float) -> None:
+        h = history[-1]
+        steps = int(h["step"])
+        rows.append({
+            "config": label, "workers": workers, "threads_per_worker": threads,
+            "samples_per_second": h["samples_per_second"], "step_seconds": h["epoch_seconds"] / max(1, steps),
+            "steps": steps, "samples": round(h["samples_per_second"] * h["epoch_seconds"]), "wall_seconds": wall,
+        })
+        print(f"[bench] {label}: {h['samples_per_second']:.1f} samples/s, wall {wall:.0f}s", flush=True)
+
+    t0 = time.perf_counter()
+    local = fit_local(dataclasses.replace(base, threads=cpus, name="local"), splits,
+                      out_dir=os.path.join(storage, "local"))
+    record("local fit_local", 1, cpus, local.history, time.perf_counter() - t0)
+
+    connect()
+    for label, workers, per_worker in (
+        (f"ray 1 worker x {cpus} CPU", 1, cpus),
+        (f"ray {cpus} workers x 1 CPU", cpus, 1),
+    ):
+        t0 = time.perf_counter()
+        result = fit(dataclasses.replace(base, num_workers=workers, cpus_per_worker=float(per_worker),
+                                         name=f"ray-{workers}w"), splits)
+        record(label, workers, per_worker, result.history, time.perf_counter() - t0)
+
+    local_rate, ray1_rate, ray2_rate = (r["samples_per_second"] for r in rows)
+    overhead = 100.0 * (local_rate - ray1_rate) / local_rate
+    scaling = ray2_rate / ray1_rate
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+    print()
+    print(f"model {args.model}, batch {args.batch_size} x <={args.max_length} tokens, {args.max_steps} steps per "
+          f"worker, {cpus} CPUs, load average {load:.1f}")
+    header = f"{'config':<26} {'workers':>7} {'thr/wkr':>7} {'samples/s':>10} {'s/step':>7} {'samples':>8} {'wall s':>7}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['config']:<26} {r['workers']:>7} {r['threads_per_worker']:>7} {r['samples_per_second']:>10.1f} "
+              f"{r['step_seconds']:>7.2f} {r['samples']:>8} {r['wall_seconds']:>7.0f}")
+    print()
+    print(f"Ray overhead (1 worker vs local, same threads): {overhead:+.1f}% throughput lost")
+    print(f"{cpus} workers x 1 CPU vs 1 worker x {cpus} CPU: {scaling:.2f}x throughput")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"rows": rows, "ray_overhead_percent": overhead, "two_vs_one_worker": scaling,
+                       "load_average": load, "args": vars(args)}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Tokenize once, then batch by length and pad each batch only to its own longest text.
+
+NSMC reviews have a median of 27 characters: padding every batch to 128 tokens would spend most of
+each step on padding. Length buckets put texts of similar length together (``bench/bench_batches.py``
+measures the difference), and the shuffle happens between buckets so training still sees mixed order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from kosent.text import normalize
+
+
+@dataclass
+class Encoded:
+    """Token ids (unpadded) and labels of one split."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: Sequence[int], max_length: int
+) -> Encoded:
+    """Normalize and tokenize every text once, truncating to ``max_length`` tokens."""
+    out = tokenizer(
+        [normalize(t) for t in texts], truncation=True, max_length=max_length, padding=False
+    )
+    return Encoded(input_ids=list(out["input_ids"]), labels=[int(x) for x in labels])
+
+
+def batch_indices(
+    lengths: Sequence[int],
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    bucket_batches: int = 50,
+) -> list[list[int]]:
+    """Index batches grouped by length, sharded across ``world_size`` ranks.
+
+    Shuffled: indices are shuffled, cut into buckets of ``bucket_batches`` batches, sorted by length
+    inside each bucket, and the batches shuffled again. Not shuffled: sorted by length (fast eval).
+    Every rank gets the same number of batches, so distributed steps stay in lockstep.
+    """
+    order = list(range(len(lengths)))
+    if shuffle:
+        rng = random.Random(seed)
+        rng.shuffle(order)
+        span = batch_size * bucket_batches
+        order = [i for s in range(0, len(order), span) for i in sorted(order[s : s + span], key=lengths.__getitem__)]
+    else:
+        order.sort(key=lengths.__getitem__)
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if shuffle:
+        rng.shuffle(batches)
+    if world_size > 1:
+        per_rank = len(batches) // world_size if shuffle else -(-len(batches) // world_size)
+        batches = batches[rank::world_size][:per_rank]
+    return batches
+
+
+def collate(enc: Encoded, idx: Sequence[int], pad_id: int, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad one batch to its longest sequence (or to ``pad_to``, for the fixed-padding benchmark)."""
+    width = pad_to or max(len(enc.input_ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        seq = enc.input_ids[i][:width]
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    labels = torch.tensor([enc.labels[i] for i in idx], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def iterate(
+    enc: Encoded,
+    batch_size: int,
+    pad_id: int,
+    shuffle: bool,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Yield ``(indices, batch)`` pairs for one pass over ``enc``."""
+    lengths = [len(x) for x in enc.input_ids]
+    for idx in batch_indices(lengths, batch_size, shuffle, seed, rank, world_size):
+        yield idx, collate(enc, idx, pad_id)
+
+
+def num_batches(n: int, batch_size: int, world_size: int = 1) -> int:
+    """Training batches per rank per epoch (matches ``batch_indices`` with ``shuffle=True``)."""
+    return (-(-n // batch_size)) // world_size

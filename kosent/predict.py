@@ -1,0 +1,92 @@
+"""Predictions from a checkpoint folder: the CLI, evaluation and the Serve replica all call this."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kosent import batches
+from kosent.checkpoint import load_checkpoint, read_meta
+from kosent.models.tfidf import TfidfClassifier
+from kosent.text import normalize
+
+
+@dataclass
+class Prediction:
+    """One text's answer: ``label`` (a label name), ``probability`` of the positive label (id 1), and the
+    probability of every label by name."""
+
+    label: str
+    probability: float
+    scores: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "probability": self.probability, "scores": self.scores}
+
+
+class Predictor:
+    """A loaded checkpoint. Texts are normalized exactly as in training, then scored in length-sorted batches."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, meta: dict[str, Any], max_length: int = 128,
+                 batch_size: int = 64, device: str | torch.device = "cpu") -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.label_names: list[str] = meta["label_names"]
+        self.max_length = int(meta.get("config", {}).get("max_length", max_length))
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> Predictor:
+        if read_meta(path)["model_type"] == "tfidf":
+            return TfidfPredictor(path)
+        model, tokenizer, meta = load_checkpoint(path, device=device)
+        predictor = cls(model, tokenizer, meta, device=device, **kwargs)
+        predictor.path = Path(path)
+        return predictor
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """``(len(texts), num_labels)`` probabilities, in the order given."""
+        if not texts:
+            return np.zeros((0, len(self.label_names)), dtype=np.float32)
+        enc = self.tokenizer([normalize(t) for t in texts], truncation=True, max_length=self.max_length)
+        encoded = batches.Encoded(input_ids=list(enc["input_ids"]), labels=[0] * len(texts))
+        out = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
+        for idx, batch in batches.iterate(encoded, self.batch_size, self.tokenizer.pad_token_id, shuffle=False):
+            logits = self.model(input_ids=batch["input_ids"].to(self.device),
+                                attention_mask=batch["attention_mask"].to(self.device)).logits
+            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return out
+
+    def predict(self, texts: Sequence[str]) -> list[Prediction]:
+        probs = self.predict_proba(texts)
+        positive = 1 if len(self.label_names) > 1 else 0
+        return [
+            Prediction(
+                label=self.label_names[int(p.argmax())],
+                probability=float(p[positive]),
+                scores={name: float(p[k]) for k, name in enumerate(self.label_names)},
+            )
+            for p in probs
+        ]
+
+
+class TfidfPredictor(Predictor):
+    """The TF-IDF baseline behind the same interface (its checkpoint has no torch model)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.meta = read_meta(path)
+        self.label_names = self.meta["label_names"]
+        self.tfidf = TfidfClassifier.load(path)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        p = self.tfidf.predict_proba(list(texts)) if texts else np.zeros(0)
+        return np.stack([1 - p, p], axis=1).astype(np.float32)

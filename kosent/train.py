@@ -1,0 +1,324 @@
+"""The one training loop: the same function runs in a single process and inside every Ray Train worker.
+
+Where it runs is hidden behind a small ``Session`` (rank, device, how to report and restore); the loop
+itself reads top to bottom: build model -> tokenize once -> for each epoch: train, evaluate, report a
+checkpoint, maybe stop early. ``kosent.ray_train`` supplies the Ray session; ``fit_local`` the local one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from transformers import get_linear_schedule_with_warmup
+
+from kosent import batches
+from kosent.checkpoint import load_training_state, read_meta, save_checkpoint, save_training_state, write_meta
+from kosent.config import TrainConfig, to_dict
+from kosent.data import Splits, make_splits
+from kosent.metrics import classification_metrics
+from kosent.models import load_model_and_tokenizer
+from kosent.models.tfidf import TfidfClassifier
+
+
+def log(msg: str) -> None:
+    print(f"[kosent {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass
+class Session:
+    """A single process: rank 0 of 1. Checkpoints go to ``out_dir/epoch_N``; best and last are kept."""
+
+    out_dir: Path = Path("runs/local")
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    best: dict[str, Any] = field(default_factory=dict)
+    last: Path | None = None
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def restore_dir(self) -> Path | None:
+        return None
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is None:
+            return
+        dest = self.out_dir / f"epoch_{int(metrics['epoch'])}"
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(str(checkpoint_dir), dest)
+        previous_best = self.best.get("path")
+        if metrics["val_macro_f1"] > self.best.get("val_macro_f1", -1.0):
+            self.best = {"path": dest, "val_macro_f1": metrics["val_macro_f1"]}
+        # Keep only the best and the latest epoch on disk.
+        for old in {previous_best, self.last} - {self.best["path"], dest, None}:
+            shutil.rmtree(old, ignore_errors=True)
+        self.last = dest
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def _macro_f1(confusion: np.ndarray) -> float:
+    """Macro F1 from a [true, predicted] count matrix (a class with no support nor predictions scores 0)."""
+    tp = np.diag(confusion).astype(float)
+    denom = confusion.sum(axis=0) + confusion.sum(axis=1)
+    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)))
+
+
+def _autocast(device: torch.device) -> Any:
+    """bf16 autocast on GPUs that have it; full precision on CPU, where autocast only slows training."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: torch.nn.Module,
+    enc: batches.Encoded,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> tuple[list[int], np.ndarray, float]:
+    """Softmax probabilities for this rank's share of ``enc``: (indices, probs, summed loss)."""
+    model.eval()
+    idx_all, probs, loss_sum = [], [], 0.0
+    for idx, batch in batches.iterate(enc, batch_size, pad_id, shuffle=False, rank=rank, world_size=world_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with _autocast(device):
+            out = model(**batch)
+        logits = out.logits.float()
+        loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
+        probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
+        idx_all.extend(idx)
+    return idx_all, (np.concatenate(probs) if probs else np.zeros((0, 2))), loss_sum
+
+
+def evaluate_encoded(
+    model: torch.nn.Module,
+    enc: batches.Encoded,
+    label_names: list[str],
+    cfg: TrainConfig,
+    pad_id: int,
+    session: Session,
+    prefix: str = "val_",
+) -> dict[str, float]:
+    """Metrics over all of ``enc``: each rank scores a share, rank results are gathered."""
+    idx, probs, loss_sum = predict_probs(
+        model, enc, cfg.eval_batch_size, pad_id, session.device, session.rank, session.world_size
+    )
+    parts = session.gather((idx, probs, loss_sum))
+    order = [i for part in parts for i in part[0]]
+    all_probs = np.concatenate([part[1] for part in parts])
+    labels = [enc.labels[i] for i in order]
+    loss = sum(part[2] for part in parts) / max(1, len(order))
+    return classification_metrics(labels, all_probs, label_names, prefix=prefix, loss=loss)
+
+
+def train_loop(
+    cfg: TrainConfig,
+    splits: Splits,
+    session: Session,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``cfg.model`` on ``splits.train``, reporting metrics and a checkpoint every epoch.
+
+    Returns the per-epoch history. ``on_step(step, loss)`` is a hook for tests and fault injection.
+    """
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    label_names = splits.label_names
+    model, tokenizer = load_model_and_tokenizer(cfg.model, label_names)
+    pad_id = tokenizer.pad_token_id
+    train, val = splits.train.to_dict(), splits.validation.to_dict()  # column access is row by row
+    train_enc = batches.encode(tokenizer, train["text"], train["label"], cfg.max_length)
+    val_enc = batches.encode(tokenizer, val["text"], val["label"], cfg.max_length)
+
+    steps_per_epoch = batches.num_batches(len(train_enc), cfg.batch_size, session.world_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    model.to(session.device)
+    optimizer = _optimizer(model, cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+
+    start_epoch, step, history = 0, 0, []
+    best, bad_epochs = -1.0, 0
+    restore = session.restore_dir()
+    if restore is not None:
+        model.load_state_dict(load_file(str(restore / "model.safetensors")))
+        progress = load_training_state(restore, optimizer, scheduler)
+        start_epoch, step, history = progress["epoch"], progress["step"], progress["history"]
+        best, bad_epochs = progress["best"], progress["bad_epochs"]
+        if session.rank == 0:
+            log(f"resumed from {restore} after epoch {start_epoch} (step {step})")
+    wrapped = session.prepare_model(model)
+
+    if session.rank == 0:
+        params = sum(p.numel() for p in model.parameters())
+        log(
+            f"training {cfg.model} ({params / 1e6:.1f}M parameters) on {len(train_enc)} texts x {cfg.epochs} "
+            f"epochs, {session.world_size} worker(s), {steps_per_epoch} steps/epoch/worker, device {session.device}"
+        )
+    for epoch in range(start_epoch, cfg.epochs):
+        wrapped.train()
+        t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        confusion = np.zeros((len(label_names), len(label_names)), dtype=np.int64)  # [true, predicted]
+        report_every = max(1, steps_per_epoch // 10)
+        stream = batches.iterate(
+            train_enc, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch,
+            rank=session.rank, world_size=session.world_size,
+        )
+        for i, (_, batch) in enumerate(stream):
+            batch = {k: v.to(session.device) for k, v in batch.items()}
+            with _autocast(session.device):
+                out = wrapped(**batch)
+            loss = out.loss
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}: lr {cfg.lr} diverged")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            n = batch["labels"].shape[0]
+            seen += n
+            loss_sum += loss.item() * n
+            pred = out.logits.argmax(-1)
+            correct += (pred == batch["labels"]).sum().item()
+            np.add.at(confusion, (batch["labels"].cpu().numpy(), pred.cpu().numpy()), 1)
+            if on_step is not None:
+                on_step(step, loss.item())
+            if session.rank == 0 and (i + 1) % report_every == 0:
+                rate = seen / (time.perf_counter() - t0)
+                eta = (steps_per_epoch - i - 1) * cfg.batch_size / max(rate, 1e-9)
+                log(f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss_sum / seen:.4f} "
+                    f"{rate * session.world_size:.1f} samples/s, epoch eta {eta:.0f}s")
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        train_seconds = time.perf_counter() - t0
+        totals = session.gather((seen, loss_sum, correct, confusion))
+        seen_all = sum(t[0] for t in totals)
+        metrics: dict[str, float] = {
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": sum(t[1] for t in totals) / max(1, seen_all),
+            "train_accuracy": sum(t[2] for t in totals) / max(1, seen_all),
+            "train_macro_f1": _macro_f1(sum(t[3] for t in totals)),
+            "samples_per_second": seen_all / max(train_seconds, 1e-9),
+            "epoch_seconds": train_seconds,
+        }
+        metrics.update(evaluate_encoded(model, val_enc, label_names, cfg, pad_id, session))
+        improved = metrics["val_macro_f1"] > best
+        best, bad_epochs = (metrics["val_macro_f1"], 0) if improved else (best, bad_epochs + 1)
+        stop = bad_epochs >= cfg.patience or (cfg.max_steps is not None and step >= cfg.max_steps)
+        history.append(metrics)
+
+        ckpt_dir = None
+        if session.rank == 0:
+            log(
+                f"epoch {epoch + 1}/{cfg.epochs} train_loss {metrics['train_loss']:.4f} "
+                f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "
+                f"val_macro_f1 {metrics['val_macro_f1']:.4f} {metrics['samples_per_second']:.1f} samples/s "
+                f"({train_seconds:.0f}s){' *' if improved else ''}"
+            )
+            ckpt_dir = Path(tempfile.mkdtemp(prefix="kosent-ckpt-"))
+            save_checkpoint(
+                ckpt_dir, model, tokenizer, label_names=label_names, metrics=metrics,
+                config=to_dict(cfg), data_fingerprint=splits.fingerprint,
+            )
+            save_training_state(
+                ckpt_dir, optimizer, scheduler,
+                {"epoch": epoch + 1, "step": step, "history": history, "best": best, "bad_epochs": bad_epochs},
+            )
+        session.report(metrics, ckpt_dir)
+        if stop:
+            if session.rank == 0 and epoch + 1 < cfg.epochs:
+                log(f"stopping early after epoch {epoch + 1}")
+            break
+    return history
+
+
+def fit_tfidf(cfg: TrainConfig, splits: Splits, out: Path) -> TrainResult:
+    """The TF-IDF + logistic regression baseline, saved as a checkpoint folder like every other model."""
+    t0 = time.perf_counter()
+    train, val = splits.train.to_dict(), splits.validation.to_dict()
+    model = TfidfClassifier().fit(train["text"], train["label"])
+    seconds = time.perf_counter() - t0
+    probs = model.predict_proba(val["text"])
+    metrics = {"epoch": 1, "epoch_seconds": seconds} | classification_metrics(
+        val["label"], np.stack([1 - probs, probs], axis=1), splits.label_names, prefix="val_"
+    )
+    folder = out / "epoch_1"
+    model.save(folder)
+    write_meta(folder, model_type="tfidf", label_names=splits.label_names, metrics=metrics,
+               config=to_dict(cfg), data_fingerprint=splits.fingerprint)
+    log(f"tfidf: fit in {seconds:.1f}s, val_accuracy {metrics['val_accuracy']:.4f} val_macro_f1 {metrics['val_macro_f1']:.4f}")
+    return TrainResult(checkpoint=folder, metrics=metrics, history=[metrics])
+
+
+def fit_local(cfg: TrainConfig, splits: Splits | None = None, out_dir: str | Path | None = None) -> TrainResult:
+    """Train in this process (no cluster): the library works without Ray."""
+    splits = splits or make_splits(cfg.data)
+    out = Path(out_dir or Path(cfg.storage_path) / (cfg.name or f"local-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.model == "tfidf":
+        return fit_tfidf(cfg, splits, out)
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    session = Session(out_dir=out, device=device)
+    history = train_loop(cfg, splits, session)
+    best = Path(session.best["path"])
+    return TrainResult(checkpoint=best, metrics=read_meta(best)["metrics"], history=history)
+
+
+def config_with(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``cfg`` with some fields changed (``data`` fields via ``data={...}``)."""
+    if "data" in changes and isinstance(changes["data"], dict):
+        changes["data"] = dataclasses.replace(cfg.data, **changes["data"])
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = ["Session", "TrainResult", "evaluate_encoded", "fit_local", "predict_probs", "train_loop"]

@@ -1,0 +1,139 @@
+"""Train with Ray Train, evaluate the best checkpoint on the untouched test split, write the run's outputs.
+
+Against a running cluster (see docs/TRAINING.md):
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+        --runtime-env ray_jobs/runtime_env.yaml -- \\
+        python ray_jobs/train.py --model e5-small-ko --num-workers 2 --storage-path /abs/runs --name nsmc-e5
+
+Or on this machine alone (starts a local cluster on 127.0.0.1, dashboard on):
+
+    python ray_jobs/train.py --model tiny --train-size 2000 --epochs 2
+
+Every TrainConfig / DataConfig field is a flag (``--train-size`` = ``train_size``); ``--config f.yaml``
+reads them from YAML first. Writes into the run folder: summary.json, curves.png, manifest.json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Before Ray is imported: no usage reports; a cluster this script starts itself stays on loopback.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not os.environ.get("RAY_ADDRESS") and not any(a == "--address" or a.startswith("--address=") for a in sys.argv):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# `python ray_jobs/train.py` from a checkout: make `kosent` importable without installing it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kosent.cli import add_config_args
+    from kosent.config import DataConfig, TrainConfig
+
+    parser = argparse.ArgumentParser(
+        prog="ray_jobs/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join (default: $RAY_ADDRESS; none: start a local cluster on 127.0.0.1)",
+    )
+    add_config_args(parser, TrainConfig)
+    add_config_args(parser, DataConfig)
+    return parser
+
+
+def _in_submitted_job() -> bool:
+    """True when `ray job submit` started this process (its working dir is a temporary copy)."""
+    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
+
+
+def _upload(local_dir: Path, run_dir: str, names: list[str]) -> None:
+    import pyarrow.fs
+
+    fs, base = pyarrow.fs.FileSystem.from_uri(run_dir)
+    for name in names:
+        pyarrow.fs.copy_files(str(local_dir / name), f"{base}/{name}", destination_filesystem=fs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kosent.checkpoint import CheckpointError
+    from kosent.cli import config_from_args
+    from kosent.config import cache_home, to_dict
+    from kosent.data import DataError, make_splits
+    from kosent.models import ModelError
+    from kosent.ray_train import TrainRunError, TrainSetupError, fit
+
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        if not cfg.storage_path.startswith(("/", "~")) and "://" not in cfg.storage_path and _in_submitted_job():
+            # A relative path would land in the job's temporary working-dir copy and vanish with it.
+            storage = cache_home() / "runs"
+            print(f"[train] relative --storage-path '{cfg.storage_path}' inside a submitted job: using {storage} "
+                  "(pass an absolute path or a URI to choose)", flush=True)
+            cfg = dataclasses.replace(cfg, storage_path=str(storage))
+        splits = make_splits(cfg.data)
+        print(splits.report.summary(), flush=True)
+        print(f"[train] splits {splits.sizes()} fingerprint {splits.fingerprint[:16]}", flush=True)
+        result = fit(cfg, splits, address=args.address)
+    except (DataError, ModelError, CheckpointError, TrainSetupError, FileNotFoundError, ValueError) as e:
+        print(f"ray_jobs/train.py: error: {e}", file=sys.stderr)
+        return 2
+    except TrainRunError as e:
+        print(f"ray_jobs/train.py: {e}", file=sys.stderr)
+        return 1
+
+    from kosent.evaluate import evaluate_checkpoint
+    from kosent.manifest import write_manifest
+    from kosent.plots import plot_learning_curves
+
+    test = evaluate_checkpoint(result.checkpoint, list(splits.test["text"]), list(splits.test["label"]))
+    remote = "://" in result.run_dir
+    out_dir = Path(tempfile.mkdtemp(prefix="kosent-run-")) if remote else Path(result.run_dir)
+    cfg_dict = to_dict(cfg) | {"name": result.name}
+    summary = {
+        "name": result.name,
+        "run_dir": result.run_dir,
+        "checkpoint": result.checkpoint_uri or str(result.checkpoint),
+        "local_checkpoint": str(result.checkpoint),
+        "config": cfg_dict,
+        "val_metrics": result.metrics,
+        "test_metrics": test,
+        "wall_seconds": result.wall_seconds,
+        "history": result.history,
+        "data": {"fingerprint": splits.fingerprint, "sizes": splits.sizes()},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    plot_learning_curves(result.history, out_dir / "curves.png", title=f"{result.name} ({cfg.model})")
+    extra = {"checkpoint": result.checkpoint_uri} if remote else None
+    write_manifest(out_dir / "manifest.json", result.checkpoint, val_metrics=result.metrics,
+                   test_metrics=test, source="train", extra=extra)
+    if remote:
+        _upload(out_dir, result.run_dir, ["summary.json", "curves.png", "manifest.json"])
+    where = result.run_dir if remote else str(out_dir)
+    print(json.dumps({
+        "run_dir": result.run_dir,
+        "checkpoint": summary["checkpoint"],
+        "val_macro_f1": result.metrics.get("val_macro_f1"),
+        "test_accuracy": test["test_accuracy"],
+        "test_macro_f1": test["test_macro_f1"],
+        "summary": f"{where}/summary.json",
+        "curves": f"{where}/curves.png",
+        "manifest": f"{where}/manifest.json",
+        "wall_seconds": round(result.wall_seconds, 1),
+    }, indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

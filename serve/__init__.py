@@ -1,0 +1,1 @@
+"""The Ray Serve application (``serve.app``) and its ``config.yaml``."""

@@ -1,0 +1,36 @@
+"""Shared fixtures. Every Ray test runs on a real local cluster bound to 127.0.0.1 with usage stats off."""
+
+from __future__ import annotations
+
+import os
+
+# Before Ray is imported anywhere: keep every socket on loopback and send nothing outward.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from kosent.config import data_home  # noqa: E402
+
+NSMC = data_home() / "nsmc" / "ratings_train.txt"
+KMHAS_VALID = data_home() / "kmhas" / "kmhas_valid.txt"
+
+
+def require(path: Path) -> Path:
+    if not path.is_file():
+        pytest.skip(f"real data not found at {path}: put the shared data folder beside the repo or set KOSENT_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def nsmc_path() -> Path:
+    return require(NSMC)
+
+
+@pytest.fixture(scope="session")
+def kmhas_valid_path() -> Path:
+    return require(KMHAS_VALID)

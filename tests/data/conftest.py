@@ -1,0 +1,22 @@
+"""Fixtures for tests on the real files under ``kosent.config.data_home()`` (../shared/data).
+
+``nsmc_path`` and ``kmhas_valid_path`` come from ``tests/conftest.py``; this adds the K-MHaS test file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kosent.config import data_home
+
+
+@pytest.fixture(scope="session")
+def kmhas_test_path() -> Path:
+    path = data_home() / "kmhas" / "kmhas_test.txt"
+    if not path.is_file():
+        pytest.skip(
+            f"real data not found at {path}: put the shared data folder beside the repo or set KOSENT_DATA"
+        )
+    return path

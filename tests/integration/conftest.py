@@ -1,0 +1,45 @@
+"""One real local Ray cluster per test session (dashboard on: Tune needs the State API it serves)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        log_to_driver=True,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_checkpoints(tmp_path_factory):
+    """Two tiny checkpoints trained in-process for a few dozen steps, each with a manifest: what the Serve
+    tests serve (``a`` is the default model, ``b`` the second one for multiplexing and hot swaps)."""
+    from kosent.config import DataConfig, TrainConfig
+    from kosent.data import make_splits
+    from kosent.manifest import write_manifest
+    from kosent.train import fit_local
+
+    root = tmp_path_factory.mktemp("serve-checkpoints")
+    data = DataConfig(train_size=1000, val_size=200, test_size=200)
+    splits = make_splits(data)
+    out = {}
+    for name, steps, seed in (("a", 20, 42), ("b", 8, 7)):
+        cfg = TrainConfig(model="tiny", epochs=1, max_steps=steps, batch_size=32, lr=3e-3, max_length=64,
+                          seed=seed, data=data)
+        result = fit_local(cfg, splits=splits, out_dir=root / name)
+        out[name] = write_manifest(root / name / "manifest.json", result.checkpoint,
+                                   val_metrics={k: v for k, v in result.metrics.items() if k.startswith("val_")})
+    return out

@@ -1,0 +1,151 @@
+"""`ray start --head` + `ray job submit` of ray_jobs/train.py, for real, on its own cluster.
+
+The cluster gets its own ports and --temp-dir, so it can run beside the session's fixture cluster (and
+other Ray instances on the machine). It is stopped by signalling the `ray start --block` process this
+test started, never with `ray stop`, which would stop every Ray instance on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+PORT, DASHBOARD_PORT, CLIENT_PORT, AGENT_PORT = 6390, 8275, 6391, 52390
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc; psutil is not a dependency)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_cluster(head: subprocess.Popen) -> None:
+    """SIGTERM the `ray start --block` process (it shuts its node down), then SIGKILL any leftover
+    process of that tree, by id."""
+    tree = _descendants(head.pid)
+    if head.poll() is None:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait(timeout=10)
+    deadline = time.time() + 15
+    while time.time() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.5)
+    for pid in tree:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _wait_for_dashboard(head: subprocess.Popen, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"`ray start` exited with {head.returncode}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{DASHBOARD_PORT}/api/version", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return  # 401 without a token: the server is up
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"dashboard on 127.0.0.1:{DASHBOARD_PORT} not up after {timeout}s")
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_ray_job_submit_trains_and_writes_outputs(nsmc_path, tmp_path):
+    ray_cli = str(VENV_BIN / "ray")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({
+        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",  # `python` in the entrypoint = this venv
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",  # the CLI sends the cluster's token only with this set
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # stop at once on SIGTERM
+        "RAY_ADDRESS": f"127.0.0.1:{PORT}",  # State API calls inside actors find this cluster, not others
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    })
+    temp_dir = tempfile.mkdtemp(prefix="kosent-ray-", dir="/tmp")  # short: Ray's socket paths must fit
+    storage = tmp_path / "runs"
+    head_log = (tmp_path / "ray-start.log").open("w")
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={PORT}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={DASHBOARD_PORT}", f"--ray-client-server-port={CLIENT_PORT}",
+         f"--dashboard-agent-listen-port={AGENT_PORT}", "--num-cpus=2", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
+        env=env, stdout=head_log, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        _wait_for_dashboard(head, timeout=120)
+        submit = [
+            ray_cli, "job", "submit", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}",
+            "--working-dir", ".", "--runtime-env", "ray_jobs/runtime_env.yaml", "--",
+            "python", "ray_jobs/train.py", "--model", "tiny", "--path", str(nsmc_path),
+            "--train-size", "300", "--val-size", "100", "--test-size", "100", "--epochs", "2", "--lr", "0.001",
+            "--num-workers", "2", "--storage-path", str(storage), "--name", "submitted",
+        ]
+        job = subprocess.run(submit, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        log = job.stdout + job.stderr
+        assert job.returncode == 0, log[-6000:]
+        assert "succeeded" in log
+        assert "Uploading package" in log
+
+        run_dir = storage / "submitted"
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        assert [h["epoch"] for h in summary["history"]] == [1, 2]
+        assert {"test_accuracy", "test_macro_f1"} <= set(summary["test_metrics"])
+        assert summary["test_metrics"]["test_size"] == 100
+        assert "val_macro_f1" in summary["val_metrics"]
+        assert summary["config"]["num_workers"] == 2
+        assert (run_dir / "curves.png").stat().st_size > 10_000
+
+        from kosent.manifest import read_manifest
+        from kosent.predict import Predictor
+
+        manifest = read_manifest(run_dir / "manifest.json")
+        assert manifest["source"] == "train"
+        assert manifest["checkpoint"] == summary["checkpoint"]
+        assert Path(manifest["checkpoint"]).parent == run_dir
+        assert len(Predictor.from_checkpoint(manifest["checkpoint"]).predict(["재밌다"])) == 1
+    finally:
+        _stop_cluster(head)
+        head_log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,14 +1,16 @@
 """Serve vs the raw model: requests/s and p50/p95/p99 latency at concurrency 1, 8 and 32, in one run.
 
-1. Raw forward in this process (no Ray): ``Predictor.predict`` on one text at a time (batch 1) and on
+1. Raw forward in this process (outside Ray): ``Predictor.predict`` on one text at a time (batch 1) and on
    batches of ``--raw-batch`` texts, torch on ``--num-cpus`` threads, the same real NSMC reviews.
 2. Serve on a local cluster (127.0.0.1 only): one replica with ``--num-cpus`` CPUs, dynamic batching;
    ``--requests`` single-text POST /predict per concurrency level (at most ``--duration-s`` each), from
    threads with keep-alive connections to 127.0.0.1.
 
-Goals, printed with the figures: at c=32 Serve's texts/s >= 80% of the raw batched forward; at c=1 Serve's
-p50 within 10 ms of the raw batch-1 forward's p50. Client, proxy and replica share this machine's cores
-with the raw forward's numbers measured alone, so the comparison is the one a single box gives.
+The measurements alternate in ``--rounds`` rounds (raw, then Serve at each concurrency) so both sides see
+the same background load on a shared machine; figures are over all rounds. Goals, printed with the
+figures: at c=32 Serve's texts/s >= 80% of the raw batched forward; at c=1 Serve's p50 within 10 ms of
+the raw batch-1 forward's p50. The HTTP client, Serve's proxy and the replica share this machine's cores,
+while the raw forward has them to itself: the comparison is the one a single box gives.
 
     .venv/bin/python bench/bench_serve.py --train tiny
     .venv/bin/python bench/bench_serve.py --manifest runs/sweeps/nsmc-sweep/manifest.json
@@ -69,38 +71,33 @@ def train_checkpoint(model: str, out: Path) -> Path:
     return fit_local(cfg, out_dir=out).checkpoint
 
 
-def raw_forward(checkpoint: str, texts: list[str], threads: int, batch: int, seconds: float) -> dict[str, dict]:
-    import torch
-
-    from kosent.predict import Predictor
-
-    torch.set_num_threads(threads)
-    pred = Predictor.from_checkpoint(checkpoint, batch_size=max(64, batch))
-    for t in texts[:10]:
-        pred.predict([t])  # warm-up
+def raw_batch1(pred, texts: list[str], n: int, seconds: float) -> tuple[list[float], int, float]:
+    """Latencies of ``Predictor.predict([text])``, one text at a time."""
     lat, t0 = [], time.perf_counter()
-    for i, t in enumerate(texts):
+    for t in texts[:n]:
         s = time.perf_counter()
         pred.predict([t])
         lat.append(time.perf_counter() - s)
-        if time.perf_counter() - t0 > seconds and i >= 50:
+        if time.perf_counter() - t0 > seconds:
             break
-    one = summary(lat, sum(lat), len(lat))
-    lat, n, t0 = [], 0, time.perf_counter()
-    chunks = [texts[i : i + batch] for i in range(0, len(texts) - batch + 1, batch)] or [texts]
-    pred.predict(chunks[0])
-    for chunk in chunks:
+    return lat, len(lat), sum(lat)
+
+
+def raw_batched(pred, texts: list[str], batch: int, n: int, seconds: float) -> tuple[list[float], int, float]:
+    """Latencies of ``Predictor.predict`` on batches of ``batch`` texts (``n`` texts at most)."""
+    lat, done, t0 = [], 0, time.perf_counter()
+    for i in range(0, n - batch + 1, batch):
         s = time.perf_counter()
-        pred.predict(chunk)
+        pred.predict(texts[i : i + batch])
         lat.append(time.perf_counter() - s)
-        n += len(chunk)
-        if time.perf_counter() - t0 > seconds and len(lat) >= 5:
+        done += batch
+        if time.perf_counter() - t0 > seconds:
             break
-    batched = summary(lat, sum(lat), n)
-    return {"batch1": one, "batched": batched}
+    return lat, done, sum(lat)
 
 
-def http_load(url: str, texts: list[str], concurrency: int, total: int, seconds: float) -> dict[str, float]:
+def http_load(url: str, texts: list[str], concurrency: int, total: int,
+              seconds: float) -> tuple[list[float], int, float, int]:
     lat: list[float] = []
     errors: list[str] = []
     lock, counter = threading.Lock(), iter(range(total))
@@ -125,9 +122,7 @@ def http_load(url: str, texts: list[str], concurrency: int, total: int, seconds:
         t.start()
     for t in threads:
         t.join()
-    out = summary(lat, time.perf_counter() - t0, len(lat))
-    out["errors"] = len(errors)
-    return out
+    return lat, len(lat), time.perf_counter() - t0, len(errors)
 
 
 def main() -> int:
@@ -137,13 +132,14 @@ def main() -> int:
     src.add_argument("--checkpoint")
     src.add_argument("--train", metavar="MODEL", help="train a throwaway checkpoint of MODEL (tiny, e5-small-ko)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    ap.add_argument("--requests", type=int, default=600, help="requests per concurrency level (upper bound)")
-    ap.add_argument("--duration-s", type=float, default=30.0, help="time per concurrency level (upper bound)")
+    ap.add_argument("--requests", type=int, default=600, help="requests (texts) per measurement, all rounds (upper bound)")
+    ap.add_argument("--duration-s", type=float, default=30.0, help="time per measurement, all rounds (upper bound)")
     ap.add_argument("--num-cpus", type=float, default=2.0, help="the replica's CPUs = the raw forward's threads")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
     ap.add_argument("--raw-batch", type=int, default=32, help="texts per raw batched forward")
     ap.add_argument("--port", type=int, default=8125)
+    ap.add_argument("--rounds", type=int, default=2, help="alternate raw and Serve measurements this many times")
     args = ap.parse_args()
 
     texts = nsmc_texts(1000)
@@ -159,17 +155,28 @@ def main() -> int:
     threads = max(1, int(round(args.num_cpus)))
     print(f"checkpoint {checkpoint}; {threads} torch thread(s); load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    raw = raw_forward(checkpoint, texts, threads, args.raw_batch, seconds=min(20.0, args.duration_s))
-    print(f"raw batch-1: {raw['batch1']['rps']:.1f} texts/s, p50 {raw['batch1']['p50']:.2f} ms; "
-          f"raw batch-{args.raw_batch}: {raw['batched']['rps']:.1f} texts/s", flush=True)
-
     import ray
+    import torch
     from ray import serve
 
+    from kosent.predict import Predictor
     from serve.app import app_builder
 
+    torch.set_num_threads(threads)
+    pred = Predictor.from_checkpoint(checkpoint, batch_size=max(64, args.raw_batch))
+    pred.predict(texts[: args.raw_batch])  # warm-up
     ray.init(num_cpus=max(2, int(args.num_cpus)), include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False)
+    # name -> [latencies, texts done, seconds busy, errors], summed over rounds
+    acc: dict[str, list] = {}
+
+    def add(name: str, lat: list[float], n: int, secs: float, errors: int = 0) -> None:
+        a = acc.setdefault(name, [[], 0, 0.0, 0])
+        a[0].extend(lat)
+        a[1] += n
+        a[2] += secs
+        a[3] += errors
+
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(app_builder({
@@ -180,21 +187,32 @@ def main() -> int:
         url = f"http://127.0.0.1:{args.port}"
         http_load(url + "/predict", texts, 4, 40, 30)  # warm-up
         before = requests.get(url + "/stats", timeout=30).json()
-        rows = {}
-        for c in args.concurrency:
-            rows[c] = http_load(url + "/predict", texts, c, args.requests, args.duration_s)
-            print(f"c={c}: {rows[c]}", flush=True)
+        # Rounds alternate raw and Serve so both see the same background load on a shared machine.
+        per_round, secs = max(1, args.requests // args.rounds), args.duration_s / args.rounds
+        for r in range(args.rounds):
+            offset = (r * per_round) % max(1, len(texts) - per_round)
+            chunk = texts[offset:] + texts[:offset]
+            add("raw1", *raw_batch1(pred, chunk, per_round, secs))
+            add("rawB", *raw_batched(pred, chunk, args.raw_batch, max(per_round, 4 * args.raw_batch), secs))
+            for c in args.concurrency:
+                add(f"c{c}", *http_load(url + "/predict", chunk, c, per_round, secs))
+            print(f"round {r + 1}/{args.rounds} done; load average {os.getloadavg()[0]:.1f}", flush=True)
         stats = requests.get(url + "/stats", timeout=30).json()
     finally:
         serve.shutdown()
         ray.shutdown()
+    b1 = summary(acc["raw1"][0], acc["raw1"][2], acc["raw1"][1])
+    bb = summary(acc["rawB"][0], acc["rawB"][2], acc["rawB"][1])
+    rows = {}
+    for c in args.concurrency:
+        lat, n, elapsed, errors = acc[f"c{c}"]
+        rows[c] = summary(lat, elapsed, n) | {"errors": errors}
 
     new_batches = {k: v - before["batch_sizes"].get(k, 0) for k, v in stats["batch_sizes"].items()}
     new_batches = {int(k): v for k, v in new_batches.items() if v}
     print()
     print("| path | requests | texts/s | p50 ms | p95 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|---|")
-    b1, bb = raw["batch1"], raw["batched"]
     print(f"| raw forward, batch 1 | {b1['n']} | {b1['rps']:.1f} | {b1['p50']:.2f} | {b1['p95']:.2f} | {b1['p99']:.2f} | - |")
     print(f"| raw forward, batch {args.raw_batch} | {bb['n']} batches | {bb['rps']:.1f} | {bb['p50']:.2f} | "
           f"{bb['p95']:.2f} | {bb['p99']:.2f} | - |")
@@ -219,6 +237,7 @@ def main() -> int:
         ok &= met
         print(f"| c=1 p50 vs raw batch-1 forward p50 | <= +10 ms | {gap:+.1f} ms "
               f"({rows[1]['p50']:.1f} vs {b1['p50']:.1f} ms) | {'yes' if met else 'NO'} |")
+    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     tmp.cleanup()
     return 0 if ok else 1
 

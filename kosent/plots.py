@@ -114,6 +114,9 @@ def plot_trial_curves(rows: list[Any], path: str | Path) -> Path:
                         label=f"lr {r.lr:.3g} x{r.scale}")
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        epochs = sorted({int(h["epoch"]) for r in rows for h in r.history if h.get("epoch") is not None})
+        if epochs:
+            ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:

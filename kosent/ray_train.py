@@ -30,6 +30,7 @@ import shutil
 import signal
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ import torch.distributed as dist  # noqa: E402
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
-from kosent.checkpoint import META_FILE, STATE_DIR  # noqa: E402
+from kosent.checkpoint import META_FILE, STATE_DIR, read_meta  # noqa: E402
 from kosent.config import TrainConfig, cache_home, from_dict, to_dict  # noqa: E402
 from kosent.data import DataReport, Splits, make_splits  # noqa: E402
 from kosent.train import Session, log, seed_everything, train_loop  # noqa: E402
@@ -267,7 +268,7 @@ def _with_run_location(cfg: TrainConfig) -> TrainConfig:
     import dataclasses
 
     storage = cfg.storage_path if _is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
-    name = cfg.name or f"kosent-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+    name = cfg.name or f"kosent-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return dataclasses.replace(cfg, storage_path=storage, name=name)
 
 
@@ -541,10 +542,11 @@ def fit(
     if not candidates:
         raise TrainRunError(f"run '{cfg.name}' finished without reporting a checkpoint ({run_dir})")
     # Highest val_macro_f1; among ties the earliest epoch (as the in-process loop picks).
-    best_ckpt, best_metrics = max(candidates, key=lambda cm: (cm[1].get(SCORE, -1.0), -cm[1].get("epoch", 0)))
+    best_ckpt, _ = max(candidates, key=lambda cm: (cm[1].get(SCORE, -1.0), -cm[1].get("epoch", 0)))
     latest = result.checkpoint or best_ckpt
     history = _history(latest)
     local = _local_copy(best_ckpt, str(cfg.name))
+    best_metrics = read_meta(local)["metrics"]  # as the loop wrote them (the same keys Ray was given)
     uri = best_ckpt.path if isinstance(best_ckpt.filesystem, pyarrow.fs.LocalFileSystem) else (
         run_dir.rstrip("/") + "/" + Path(best_ckpt.path).name
     )

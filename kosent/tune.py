@@ -406,6 +406,11 @@ def _janitor_callback():
     return _PlacementGroupJanitor().callback()
 
 
+def _trial_dirname(trial: Any) -> str:
+    """``<trial id>_lr=5e-05_scale=2``: Tune's default name rounds the lr to four decimals (5e-05 -> 0.0001)."""
+    return f"{trial.trial_id}_lr={float(trial.config['lr']):.3g}_scale={int(trial.config['scale'])}"
+
+
 def _trainable(sweep: SweepConfig):
     from ray import tune
 
@@ -495,6 +500,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, callbacks: list | None = No
             tune_config=tune.TuneConfig(
                 metric=METRIC, mode=MODE, scheduler=scheduler, num_samples=sweep.num_samples,
                 search_alg=BasicVariantGenerator(max_concurrent=limit, random_state=base.seed),
+                trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=sweep.name, storage_path=str(path.parent),

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from kosent.config import cache_home, to_dict
     from kosent.data import DataError, make_splits
     from kosent.models import ModelError
-    from kosent.ray_train import TrainRunError, TrainSetupError, fit
+    from kosent.ray_train import TrainRunError, TrainSetupError, fit, resolve_model
 
     args = build_parser().parse_args(argv)
     try:
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[train] relative --storage-path '{cfg.storage_path}' inside a submitted job: using {storage} "
                   "(pass an absolute path or a URI to choose)", flush=True)
             cfg = dataclasses.replace(cfg, storage_path=str(storage))
+        resolve_model(cfg.model)  # a bad model name fails before the data is read (fit checks the rest)
         splits = make_splits(cfg.data)
         print(splits.report.summary(), flush=True)
         print(f"[train] splits {splits.sizes()} fingerprint {splits.fingerprint[:16]}", flush=True)

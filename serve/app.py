@@ -40,6 +40,7 @@ import hmac  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import re  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 import weakref  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
@@ -62,6 +63,7 @@ DEFAULT_NAME = "default"
 #: environment variable rather than an app arg.
 MAX_MODELS_PER_REPLICA = int(os.environ.get("KOSENT_SERVE_MAX_MODELS", "3"))
 HEALTH_TEXT = "정말 재미있어요"
+MAX_CONCURRENT_SERVE_BATCHES = 64  # @serve.batch handlers only queue texts, so many may run at once
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -150,6 +152,7 @@ class ServeArgs(ModelSet):
     # dynamic batching
     max_batch_size: int = Field(16, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    adaptive_batch_wait: bool = Field(True, description="skip the batch wait while a request is alone in the replica")
     # limits
     max_texts: int = Field(64, ge=1, description="most texts in one request (more: 413)")
     max_text_chars: int = Field(2000, ge=1, description="longest text in characters (longer: 413)")
@@ -498,13 +501,14 @@ class _Slot:
 
 class BatchStats:
     def __init__(self) -> None:
-        self.sizes: collections.Counter[int] = collections.Counter()
+        self.sizes: collections.Counter[int] = collections.Counter()  # texts per forward pass
+        self.serve_batch_sizes: collections.Counter[int] = collections.Counter()  # texts per @serve.batch call
         self.requests = 0
         self.texts = 0
-        self.rejected = 0
         self.timeouts = 0
         self.swaps = 0
         self.forward_seconds = 0.0
+        self.handler_ms: collections.deque[float] = collections.deque(maxlen=2000)  # /predict inside the replica
 
     def to_dict(self) -> dict[str, Any]:
         batches = sum(self.sizes.values())
@@ -514,9 +518,10 @@ class BatchStats:
             "batches": batches,
             "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
             "max_batch_size_seen": max(self.sizes, default=0),
+            "serve_batch_sizes": {str(k): v for k, v in sorted(self.serve_batch_sizes.items())},
             "mean_batch_size": (sum(k * v for k, v in self.sizes.items()) / batches) if batches else 0.0,
             "forward_seconds": round(self.forward_seconds, 4),
-            "rejected_requests": self.rejected,
+            "handler_ms_p50": round(statistics.median(self.handler_ms), 3) if self.handler_ms else None,
             "timeouts": self.timeouts,
             "swaps": self.swaps,
         }
@@ -598,8 +603,12 @@ class KosentServer:
         self._slots: weakref.WeakValueDictionary[str, _Slot] = weakref.WeakValueDictionary()
         self._swap_lock = asyncio.Lock()
         self._revision: str | int | None = None
+        self._batch_wait_s = self.args.batch_wait_timeout_s
+        self._inflight = 0  # /predict requests inside this replica
+        self._pending: list[tuple[Any, str, asyncio.Future]] = []  # texts waiting for a forward pass
+        self._runner: asyncio.Task | None = None
         self._predict_batch.set_max_batch_size(self.args.max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self._predict_batch.set_batch_wait_timeout_s(self._batch_wait_s)
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:
@@ -637,8 +646,8 @@ class KosentServer:
                 self.stats.swaps += 1
                 logger.info(f"kosent: swapped model {current.name}:{current.checkpoint} -> {fresh.name}:{fresh.checkpoint}")
         self._predict_batch.set_max_batch_size(cfg.max_batch_size or self.args.max_batch_size)
-        self._predict_batch.set_batch_wait_timeout_s(
-            self.args.batch_wait_timeout_s if cfg.batch_wait_timeout_s is None else cfg.batch_wait_timeout_s)
+        self._batch_wait_s = self.args.batch_wait_timeout_s if cfg.batch_wait_timeout_s is None else cfg.batch_wait_timeout_s
+        self._predict_batch.set_batch_wait_timeout_s(self._batch_wait_s)
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def _load_named(self, name: str) -> _Slot:
@@ -667,23 +676,47 @@ class KosentServer:
         return slot.model
 
     # ---- batching ---------------------------------------------------------------------------------
+    #
+    # Two stages. @serve.batch gathers the texts of concurrent requests (one call per text) into batches.
+    # It forms a batch as soon as its wait window closes, even while the model is still busy with the
+    # previous one, so with a slow model its batches stay small. Its handler therefore only queues the
+    # texts; one forward loop takes everything queued (up to max_batch_size texts) each time the model is
+    # free: while a pass runs, the next batch fills up.
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005, max_concurrent_batches=MAX_CONCURRENT_SERVE_BATCHES)
     async def _predict_batch(self, items: list[tuple[Any, str]]) -> list[Any]:
-        """Texts from concurrent requests, grouped by model, one forward pass per model."""
-        self.stats.sizes[len(items)] += 1
-        groups: dict[int, tuple[Any, list[int]]] = {}
-        for i, (predictor, _) in enumerate(items):
-            groups.setdefault(id(predictor), (predictor, []))[1].append(i)
-        out: list[Any] = [None] * len(items)
+        """Texts from concurrent requests -> their predictions (computed by :meth:`_forward_loop`)."""
+        self.stats.serve_batch_sizes[len(items)] += 1
         loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
-        for predictor, idx in groups.values():
-            preds = await loop.run_in_executor(self._forward_pool, predictor.predict, [items[i][1] for i in idx])
-            for i, p in zip(idx, preds, strict=True):
-                out[i] = p
-        self.stats.forward_seconds += time.perf_counter() - t0
-        return out
+        futures = [loop.create_future() for _ in items]
+        self._pending.extend((predictor, text, fut) for (predictor, text), fut in zip(items, futures, strict=True))
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._forward_loop())
+        return list(await asyncio.gather(*futures))
+
+    async def _forward_loop(self) -> None:
+        """Forward passes over everything queued, one pass per model, until nothing is left."""
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            limit = self._predict_batch._get_max_batch_size()
+            take, self._pending = self._pending[:limit], self._pending[limit:]
+            self.stats.sizes[len(take)] += 1
+            groups: dict[int, tuple[Any, list[tuple[str, asyncio.Future]]]] = {}
+            for predictor, text, fut in take:
+                groups.setdefault(id(predictor), (predictor, []))[1].append((text, fut))
+            t0 = time.perf_counter()
+            for predictor, pairs in groups.values():
+                try:
+                    preds = await loop.run_in_executor(self._forward_pool, predictor.predict, [t for t, _ in pairs])
+                except Exception as e:  # noqa: BLE001 - handed to every waiting request
+                    for _, fut in pairs:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                for (_, fut), pred in zip(pairs, preds, strict=True):
+                    if not fut.done():
+                        fut.set_result(pred)
+            self.stats.forward_seconds += time.perf_counter() - t0
 
     # ---- auth -------------------------------------------------------------------------------------
 
@@ -709,6 +742,7 @@ class KosentServer:
                          503: {"description": "overloaded"}, 504: {"description": "timed out"}})
     async def predict(self, request: Request) -> JSONResponse:
         """Label and probability for one text (``text``) or several (``texts``)."""
+        t0 = time.perf_counter()
         self._authorize(request)
         raw = await request.body()
         texts, body_model = parse_predict_body(raw, request.headers.get("content-type"), self.args.max_texts,
@@ -720,13 +754,22 @@ class KosentServer:
         model = await self._model(body_model or header_model)
         self.stats.requests += 1
         self.stats.texts += len(texts)
-        calls = [self._predict_batch((model.predictor, t)) for t in texts]
+        self._inflight += 1
         try:
+            if self.args.adaptive_batch_wait:
+                # Alone in the replica: nothing to wait for, so the batch goes at once (c=1 latency);
+                # with company, wait up to batch_wait_timeout_s for the batch to fill. @serve.batch reads
+                # the value when a batch's first text arrives.
+                self._predict_batch.set_batch_wait_timeout_s(self._batch_wait_s if self._inflight > 1 else 0.0)
+            calls = [self._predict_batch((model.predictor, t)) for t in texts]
             preds = await asyncio.wait_for(asyncio.gather(*calls), timeout=self.args.request_timeout_s)
         except asyncio.TimeoutError:
             self.stats.timeouts += 1
             raise ApiError(504, "timeout", f"not answered within {self.args.request_timeout_s}s; retry later",
                            None) from None
+        finally:
+            self._inflight -= 1
+            self.stats.handler_ms.append((time.perf_counter() - t0) * 1000)
         return JSONResponse({
             "predictions": [{"text": t, **p.to_dict()} for t, p in zip(texts, preds, strict=True)],
             "model": model.name,
@@ -772,7 +815,8 @@ class KosentServer:
                        "max_length_tokens": model.predictor.max_length,
                        "request_timeout_s": self.args.request_timeout_s},
             "batching": {"max_batch_size": self._predict_batch._get_max_batch_size(),
-                         "batch_wait_timeout_s": self._predict_batch._get_batch_wait_timeout_s()},
+                         "batch_wait_timeout_s": self._batch_wait_s,
+                         "adaptive_batch_wait": self.args.adaptive_batch_wait},
             "auth": bool(self._token),
         }
         return JSONResponse(out)
@@ -785,7 +829,7 @@ class KosentServer:
             "replica": self.replica, "pid": os.getpid(), "torch_threads": self.threads,
             "model": self._default.name if self._default else None,
             "max_batch_size": self._predict_batch._get_max_batch_size(),
-            "batch_wait_timeout_s": self._predict_batch._get_batch_wait_timeout_s(),
+            "batch_wait_timeout_s": self._batch_wait_s,
         })
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)

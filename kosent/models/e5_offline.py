@@ -160,6 +160,7 @@ def pull(
                 source = json.loads((full / SOURCE_FILE).read_text(encoding="utf-8"))
                 source.update(alias=name, pruned=True, prune_stats=stats)
                 source["build_seconds"] = round(time.perf_counter() - t0, 1)
+                source["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
                 _write_json(tmp / SOURCE_FILE, source)
             _log(
                 f"{name}: {stats['pieces_after']:,} of {stats['pieces_before']:,} pieces, "
@@ -742,9 +743,13 @@ def _locked(path: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _staging(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that replaces ``out`` when the block succeeds."""
+    """A temporary folder beside ``out`` that replaces ``out`` when the block succeeds.
+
+    Called with the build lock held, so leftovers of killed builds can be swept away first."""
+    for stale in out.parent.glob(f".{out.name}.*-*"):
+        if stale.is_dir() and stale.name.rsplit("-", 1)[0] in (f".{out.name}.tmp", f".{out.name}.old"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp

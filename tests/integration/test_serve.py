@@ -317,7 +317,7 @@ def test_overload_answers_503_at_once_and_recovers(base_url, ckpt):
 
     # Batches wait up to 2 s to fill: each admitted request takes ~2 s, and at most 2 run + 2 wait.
     _deploy("tight", "/tight", checkpoint=ckpt["a"][1], num_cpus=0.25, max_replicas=1, max_ongoing_requests=2,
-            max_queued_requests=2, max_batch_size=8, batch_wait_timeout_s=2.0)
+            max_queued_requests=2, max_batch_size=8, batch_wait_timeout_s=2.0, adaptive_batch_wait=False)
     url = base_url + "/tight"
     try:
         assert _post(url, {"text": PROBE}).status_code == 200  # warm: routing table and replica known
@@ -348,9 +348,9 @@ def test_overload_answers_503_at_once_and_recovers(base_url, ckpt):
 def test_request_timeout_answers_504_and_the_replica_keeps_serving(base_url, ckpt):
     from ray import serve
 
-    # A lone text waits 2 s for its batch to fill, longer than the 0.5 s request timeout.
+    # A lone text waits 2 s for its batch to fill (adaptive wait off), longer than the 0.5 s request timeout.
     _deploy("slow", "/slow", checkpoint=ckpt["a"][1], num_cpus=0.25, max_replicas=1, request_timeout_s=0.5,
-            max_batch_size=8, batch_wait_timeout_s=2.0)
+            max_batch_size=8, batch_wait_timeout_s=2.0, adaptive_batch_wait=False)
     url = base_url + "/slow"
     try:
         t0 = time.perf_counter()
@@ -372,7 +372,7 @@ def test_autoscaling_from_one_to_two_replicas_under_load(base_url, ckpt):
     # against a target of 1 per replica.
     _deploy("scale", "/scale", checkpoint=ckpt["a"][1], num_cpus=0.25, min_replicas=1, max_replicas=2,
             target_ongoing_requests=1, upscale_delay_s=0, downscale_delay_s=600, max_batch_size=64,
-            batch_wait_timeout_s=0.25, autoscaling={"metrics_interval_s": 0.5, "look_back_period_s": 2})
+            batch_wait_timeout_s=0.25, adaptive_batch_wait=False, autoscaling={"metrics_interval_s": 0.5, "look_back_period_s": 2})
     url = base_url + "/scale"
 
     def running() -> int:

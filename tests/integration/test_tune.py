@@ -183,7 +183,7 @@ def _no_orphaned_placement_groups(within_s: float = 30.0) -> list[str]:
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(600)
 def test_sweep_early_stops_publishes_the_best_and_records_a_diverged_trial(ray_cluster, tiny_ready, tmp_path):
     """Three trials one after another: lr 1e-3 runs both epochs; lr 3e-3 scores lower after epoch 1 and
     ASHA stops it (its CPUs must come back, or the next trial would wait forever); lr 1e6 (gradient
@@ -210,6 +210,7 @@ def test_sweep_early_stops_publishes_the_best_and_records_a_diverged_trial(ray_c
     for row in (good, weak):
         assert row.train_rows == 200 and Path(row.checkpoint).is_dir()
         assert Path(row.checkpoint).is_relative_to(tmp_path / "e2e")  # not Ray's temporary session folder
+    assert Path(weak.path).name == f"{weak.trial_id}_lr=0.003_scale=1"
     assert _no_orphaned_placement_groups() == []
 
     # The manifest names the best trial's best checkpoint, scored once on the untouched test split.
@@ -238,7 +239,7 @@ def test_sweep_early_stops_publishes_the_best_and_records_a_diverged_trial(ray_c
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(600)
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tiny_ready, tmp_path):
     from kosent.manifest import read_manifest
     from kosent.tune import run_sweep

@@ -5,6 +5,8 @@
 
 Rows: ``fit_local`` in this process (2 threads); Ray Train with 1 worker x 2 CPUs (2 threads: the cost of
 Ray itself); Ray Train with 2 workers x 1 CPU (DDP over gloo: data parallelism on the same 2 cores).
+``--single-thread``: every process gets one thread (local x 1, Ray 1 worker x 1 CPU, Ray 2 workers x 1 CPU):
+multi-threaded torch collapses when the machine is oversubscribed, one thread per process much less.
 Throughput is the loop's own ``samples_per_second`` (training steps only: no start-up, evaluation or
 checkpointing); ``wall s`` is the whole call, start-up included. Ray's overhead % compares the 1-worker
 Ray row with the local row at equal threads.
@@ -41,10 +43,12 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--train-size", type=int, default=1000)
     p.add_argument("--val-size", type=int, default=200)
+    p.add_argument("--single-thread", action="store_true", help="one thread per process in every row")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
 
     cpus = os.cpu_count() or 2
+    threads = 1 if args.single_thread else cpus  # threads of the local row and of the 1-worker Ray row
     storage = tempfile.mkdtemp(prefix="kosent-bench-")
     data = DataConfig(train_size=args.train_size, val_size=args.val_size, test_size=200)
     base = TrainConfig(
@@ -52,6 +56,7 @@ def main() -> int:
         max_length=args.max_length, lr=5e-5, storage_path=storage, keep_checkpoints=1, data=data,
     )
     splits = make_splits(data)
+    load_start = os.getloadavg()[0]
     rows = []
 
     def record(label: str, workers: int, threads: int, history: list[dict], wall: float) -> None:
@@ -65,13 +70,13 @@ def main() -> int:
         print(f"[bench] {label}: {h['samples_per_second']:.1f} samples/s, wall {wall:.0f}s", flush=True)
 
     t0 = time.perf_counter()
-    local = fit_local(dataclasses.replace(base, threads=cpus, name="local"), splits,
+    local = fit_local(dataclasses.replace(base, threads=threads, name="local"), splits,
                       out_dir=os.path.join(storage, "local"))
-    record("local fit_local", 1, cpus, local.history, time.perf_counter() - t0)
+    record("local fit_local", 1, threads, local.history, time.perf_counter() - t0)
 
     connect()
     for label, workers, per_worker in (
-        (f"ray 1 worker x {cpus} CPU", 1, cpus),
+        (f"ray 1 worker x {threads} CPU", 1, threads),
         (f"ray {cpus} workers x 1 CPU", cpus, 1),
     ):
         t0 = time.perf_counter()
@@ -79,14 +84,14 @@ def main() -> int:
                                          name=f"ray-{workers}w"), splits)
         record(label, workers, per_worker, result.history, time.perf_counter() - t0)
 
-    local_rate, ray1_rate, ray2_rate = (r["samples_per_second"] for r in rows)
-    overhead = 100.0 * (local_rate - ray1_rate) / local_rate
-    scaling = ray2_rate / ray1_rate
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    local_step, ray1_step = rows[0]["step_seconds"], rows[1]["step_seconds"]
+    overhead = 100.0 * (ray1_step / local_step - 1.0)
+    scaling = rows[2]["samples_per_second"] / rows[1]["samples_per_second"]
+    load = max(load_start, os.getloadavg()[0])
 
     print()
     print(f"model {args.model}, batch {args.batch_size} x <={args.max_length} tokens, {args.max_steps} steps per "
-          f"worker, {cpus} CPUs, load average {load:.1f}")
+          f"worker, {cpus} CPUs, load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
     header = f"{'config':<26} {'workers':>7} {'thr/wkr':>7} {'samples/s':>10} {'s/step':>7} {'samples':>8} {'wall s':>7}"
     print(header)
     print("-" * len(header))
@@ -94,8 +99,11 @@ def main() -> int:
         print(f"{r['config']:<26} {r['workers']:>7} {r['threads_per_worker']:>7} {r['samples_per_second']:>10.1f} "
               f"{r['step_seconds']:>7.2f} {r['samples']:>8} {r['wall_seconds']:>7.0f}")
     print()
-    print(f"Ray overhead (1 worker vs local, same threads): {overhead:+.1f}% throughput lost")
-    print(f"{cpus} workers x 1 CPU vs 1 worker x {cpus} CPU: {scaling:.2f}x throughput")
+    print(f"Ray overhead, 1 worker vs local at {threads} thread(s): {overhead:+.1f}% time per step "
+          "(negative: Ray was faster, i.e. noise)")
+    print(f"{cpus} workers x 1 CPU vs 1 worker x {threads} CPU: {scaling:.2f}x samples/s")
+    if load > cpus:
+        print(f"warning: load average {load:.1f} on {cpus} CPUs: other processes compete, the figures are noisy")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"rows": rows, "ray_overhead_percent": overhead, "two_vs_one_worker": scaling,

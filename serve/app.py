@@ -799,6 +799,9 @@ class KosentServer:
     async def describe(self, request: Request, name: str | None = None) -> JSONResponse:
         """The default model (or ``?name=``): checkpoint, metrics, label map, created_at; and every model."""
         self._authorize(request)
+        if name and name not in self._specs and (self._default is None or name != self._default.name):
+            raise ApiError(404, "unknown_model", f"unknown model {name!r}; known: {', '.join(sorted(self._specs))}",
+                           "name")
         model = await self._model(name)
         loaded = {n for n, s in self._slots.items() if s is not None}
         default = self._default.name if self._default else None

@@ -282,13 +282,14 @@ def default_keep(
       possibly mixed with ASCII;
     - ``ascii``: every single ASCII character and the ``ASCII_TOP`` (25,000) most probable of the
       83,008 pure-ASCII pieces, by Unigram score.
-    Since every piece made only of Hangul and symbols is kept, text written only with those characters
-    tokenizes exactly as with the full vocabulary (the best segmentation uses only kept pieces, so it
-    stays the best). Rare ASCII words and other scripts (hanja, kana ...) are what could change, so
+    Since every piece made only of Hangul and symbols is kept, text that (after normalisation) holds only
+    those characters tokenizes exactly as with the full vocabulary: the best segmentation uses only kept
+    pieces, so it stays the best. Rare ASCII words and other scripts (hanja, kana ...) are what could
+    change (an unknown character becomes ``<unk>``), so
     - ``corpus``: every piece in ``corpus_ids``, the full tokenizer's output on the corpus of
-      :func:`corpus_texts` (NSMC and K-MHaS: about 1,700
-      pieces beyond the rules, mostly rare Latin fragments and some hanja/kana) is kept too, which makes
-      the tokenization of those corpora identical by construction; :func:`prune_vocabulary` checks it.
+      :func:`corpus_texts`, is kept too (NSMC and K-MHaS: 1,688 pieces beyond the rules, mostly rare
+      Latin fragments and some hanja/kana/Arabic), which makes the tokenization of those corpora
+      identical by construction; :func:`prune_vocabulary` checks it.
     """
     reasons: dict[str, str] = {}
     ascii_pieces = []

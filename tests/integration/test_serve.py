@@ -233,6 +233,8 @@ def test_multiplexed_models_by_body_and_header(main_url, offline, ckpt):
     assert models["b"]["loaded"] and models["b"]["checkpoint"] == ckpt["b"][1]
     info_b = requests.get(main_url + "/model", params={"name": "b"}, timeout=30).json()
     assert info_b["model"] == "b" and info_b["checkpoint"] == ckpt["b"][1]
+    r = requests.get(main_url + "/model", params={"name": "nope"}, timeout=30)
+    assert r.status_code == 404 and r.json()["field"] == "name"
 
 
 BAD_INPUTS = [

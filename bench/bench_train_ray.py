@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
@@ -104,6 +105,7 @@ def main() -> int:
     print(f"{cpus} workers x 1 CPU vs 1 worker x {threads} CPU: {scaling:.2f}x samples/s")
     if load > cpus:
         print(f"warning: load average {load:.1f} on {cpus} CPUs: other processes compete, the figures are noisy")
+    shutil.rmtree(storage, ignore_errors=True)  # the runs' checkpoints (hundreds of MB for e5)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"rows": rows, "ray_overhead_percent": overhead, "two_vs_one_worker": scaling,

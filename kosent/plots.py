@@ -16,7 +16,7 @@ CURVES = (
 def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
     """Write loss, accuracy and macro F1 per epoch, train vs validation, side by side, to ``path`` (PNG).
 
-    A metric missing from the history (the loop does not compute train macro F1) is simply not drawn.
+    A metric missing from the history (older runs have no train_macro_f1) is simply not drawn.
     """
     import matplotlib
 

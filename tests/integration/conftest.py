@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
+
 import pytest
 
 
@@ -43,3 +46,19 @@ def serve_checkpoints(tmp_path_factory):
         out[name] = write_manifest(root / name / "manifest.json", result.checkpoint,
                                    val_metrics={k: v for k, v in result.metrics.items() if k.startswith("val_")})
     return out
+
+
+def _free_port(preferred: int) -> int:
+    """``preferred`` if it is free on 127.0.0.1, else any free port there."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[int], int]:
+    return _free_port

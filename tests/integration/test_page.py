@@ -8,7 +8,6 @@ playwright``; its own browser download, ``playwright install``, is never used). 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,16 +24,6 @@ CHROMIUM = Path(os.environ.get("KOSENT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SENTENCES = ["이 영화 정말 재미있어요 강력 추천합니다", "시간 낭비였다 다시는 안 본다"]
-
-
-def _free_port(preferred: int) -> int:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +43,12 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def page_url(ray_cluster, serve_checkpoints, browser):
+def page_url(ray_cluster, serve_checkpoints, browser, free_port):
     from ray import serve
 
     from serve.app import app_builder
 
-    port = _free_port(int(os.environ.get("KOSENT_TEST_PAGE_PORT", "8124")))
+    port = free_port(int(os.environ.get("KOSENT_TEST_PAGE_PORT", "8124")))
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
     serve.run(app_builder({"manifest": str(serve_checkpoints["a"]), "models": {"b": str(serve_checkpoints["b"])},
                            "num_cpus": 0.5, "max_replicas": 1}), name="page", route_prefix="/")

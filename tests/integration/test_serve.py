@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -32,16 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `serve.app` lives at the repository root, outside the installed package
     sys.path.insert(0, str(REPO))
 PROBE = "이 영화 정말 최고예요 배우들 연기가 좋았어요"
-
-
-def _free_port(preferred: int) -> int:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
 
 
 def _deploy(name: str, prefix: str, **args) -> None:
@@ -91,10 +80,10 @@ def _listening(pid: int) -> list[tuple[str, int]]:
 
 
 @pytest.fixture(scope="module")
-def base_url(ray_cluster):
+def base_url(ray_cluster, free_port):
     from ray import serve
 
-    port = _free_port(int(os.environ.get("KOSENT_TEST_SERVE_PORT", "8123")))
+    port = free_port(int(os.environ.get("KOSENT_TEST_SERVE_PORT", "8123")))
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

@@ -7,7 +7,6 @@ checkpoint, maybe stop early. ``kosent.ray_train`` supplies the Ray session; ``f
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import shutil
 import tempfile
@@ -312,13 +311,6 @@ def fit_local(cfg: TrainConfig, splits: Splits | None = None, out_dir: str | Pat
     history = train_loop(cfg, splits, session)
     best = Path(session.best["path"])
     return TrainResult(checkpoint=best, metrics=read_meta(best)["metrics"], history=history)
-
-
-def config_with(cfg: TrainConfig, **changes: Any) -> TrainConfig:
-    """A copy of ``cfg`` with some fields changed (``data`` fields via ``data={...}``)."""
-    if "data" in changes and isinstance(changes["data"], dict):
-        changes["data"] = dataclasses.replace(cfg.data, **changes["data"])
-    return dataclasses.replace(cfg, **changes)
 
 
 __all__ = ["Session", "TrainResult", "evaluate_encoded", "fit_local", "predict_probs", "train_loop"]

@@ -20,12 +20,7 @@ from kosent.models.rnn import RNNConfig, RNNForSequenceClassification
 BASELINE_TOKENIZER = "e5-small-ko"
 ALIASES = ("e5-small-ko", "e5-small", "tiny", "rnn", "birnn")
 
-__all__ = ["ALIASES", "ModelError", "load_model_and_tokenizer", "load_tokenizer", "model_kind"]
-
-
-def model_kind(name: str) -> str:
-    """``bert`` for transformer encoders, ``rnn`` for the recurrent baselines."""
-    return "rnn" if name in ("rnn", "birnn") else "bert"
+__all__ = ["ALIASES", "ModelError", "load_model_and_tokenizer", "load_tokenizer"]
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:

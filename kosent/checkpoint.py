@@ -89,14 +89,23 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
             f"{folder}: no {META_FILE}; not a kosent checkpoint (train one with `kosent train`, or pass a "
             "Hugging Face model folder as --model to fine-tune it)"
         )
+    return read_checked_json(path, ("label_names", "label2id", "data_fingerprint"), CheckpointError,
+                             "; refusing a checkpoint whose labels or data are unknown")
+
+
+def read_checked_json(path: Path, required: tuple[str, ...], error: type[Exception], why: str = "") -> dict[str, Any]:
+    """A JSON object whose ``required`` keys are all present and non-empty, else ``error`` naming file and key.
+
+    Shared by ``kosent.json`` and the manifest: both are contracts that must fail loudly when incomplete.
+    """
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    for key in ("label_names", "label2id", "data_fingerprint"):
-        if not meta.get(key):
-            raise CheckpointError(f"{path}: missing '{key}'; refusing a checkpoint whose labels or data are unknown")
-    return meta
+        raise error(f"{path}: not valid JSON ({e})") from e
+    for key in required:
+        if not doc.get(key):
+            raise error(f"{path}: missing '{key}'{why}")
+    return doc
 
 
 def load_checkpoint(

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kosent.checkpoint import read_meta
+from kosent.checkpoint import read_checked_json, read_meta
 
 MANIFEST_FILE = "manifest.json"
 
@@ -55,11 +55,4 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         path = path / MANIFEST_FILE
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found (a sweep writes one; `ray_jobs/tune.py` prints its path)")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: not valid JSON ({e})") from e
-    for key in ("checkpoint", "label_names", "data_fingerprint"):
-        if not doc.get(key):
-            raise ManifestError(f"{path}: missing '{key}'")
-    return doc
+    return read_checked_json(path, ("checkpoint", "label_names", "data_fingerprint"), ManifestError)

@@ -5,6 +5,8 @@
 2. Serve on a local cluster (127.0.0.1 only): one replica with ``--num-cpus`` CPUs, dynamic batching;
    ``--requests`` single-text POST /predict per concurrency level (at most ``--duration-s`` each), from
    threads with keep-alive connections to 127.0.0.1.
+3. The floor: a no-op FastAPI endpoint on the same Serve instance (parses the JSON, answers at once) at c=1,
+   so the c=1 gap splits into what Serve's HTTP path costs on this machine and what kosent adds.
 
 The measurements alternate in ``--rounds`` rounds (raw, then Serve at each concurrency) so both sides see
 the same background load on a shared machine; figures are over all rounds. Goals, printed with the
@@ -35,6 +37,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import requests  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402  (module level: the no-op route's annotations resolve here)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -125,6 +128,24 @@ def http_load(url: str, texts: list[str], concurrency: int, total: int,
     return lat, len(lat), time.perf_counter() - t0, len(errors)
 
 
+def noop_app():  # noqa: ANN201  (a serve.Application; ray is imported late)
+    """The floor: a FastAPI ingress that parses the same JSON and answers at once, no model, no batching."""
+    from ray import serve
+
+    api = FastAPI()
+
+    class Noop:
+        async def predict(self, request):  # noqa: ANN001, ANN202
+            return {"predictions": [{"text": (await request.json())["text"]}]}
+
+        # Real classes, not the strings ``from __future__ import annotations`` leaves: FastAPI resolves
+        # them again inside the replica, where this module's globals are not importable.
+        predict.__annotations__ = {"request": Request, "return": dict}
+        predict = api.post("/predict")(predict)
+
+    return serve.deployment(ray_actor_options={"num_cpus": 0})(serve.ingress(api)(Noop)).bind()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -140,7 +161,11 @@ def main() -> int:
     ap.add_argument("--raw-batch", type=int, default=32, help="texts per raw batched forward")
     ap.add_argument("--port", type=int, default=8125)
     ap.add_argument("--rounds", type=int, default=2, help="alternate raw and Serve measurements this many times")
+    ap.add_argument("--throughput-optimized", action="store_true",
+                    help="start the cluster with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress: no proxy hop)")
     args = ap.parse_args()
+    if args.throughput_optimized:  # read by Serve's constants in every process of the cluster started below
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
 
     texts = nsmc_texts(1000)
     tmp = tempfile.TemporaryDirectory(prefix="kosent-bench-serve-")
@@ -184,8 +209,10 @@ def main() -> int:
             "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
             "max_ongoing_requests": max(64, 2 * args.max_batch_size), "max_queued_requests": -1,
         }), name="bench", route_prefix="/")
+        serve.run(noop_app(), name="noop", route_prefix="/noop")
         url = f"http://127.0.0.1:{args.port}"
         http_load(url + "/predict", texts, 4, 40, 30)  # warm-up
+        http_load(url + "/noop/predict", texts, 1, 20, 30)
         before = requests.get(url + "/stats", timeout=30).json()
         # Rounds alternate raw and Serve so both see the same background load on a shared machine.
         per_round, secs = max(1, args.requests // args.rounds), args.duration_s / args.rounds
@@ -196,6 +223,7 @@ def main() -> int:
             add("rawB", *raw_batched(pred, chunk, args.raw_batch, max(per_round, 4 * args.raw_batch), secs))
             for c in args.concurrency:
                 add(f"c{c}", *http_load(url + "/predict", chunk, c, per_round, secs))
+            add("noop", *http_load(url + "/noop/predict", chunk, 1, per_round, secs))
             print(f"round {r + 1}/{args.rounds} done; load average {os.getloadavg()[0]:.1f}", flush=True)
         stats = requests.get(url + "/stats", timeout=30).json()
     finally:
@@ -219,9 +247,15 @@ def main() -> int:
     for c, r in rows.items():
         print(f"| Serve HTTP, c={c} | {r['n']} | {r['rps']:.1f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} "
               f"| {r['errors']} |")
+    floor = summary(acc["noop"][0], acc["noop"][2], acc["noop"][1])
+    print(f"| Serve HTTP, no-op endpoint, c=1 | {floor['n']} | {floor['rps']:.1f} | {floor['p50']:.2f} | "
+          f"{floor['p95']:.2f} | {floor['p99']:.2f} | {acc['noop'][3]} |")
     mean_batch = sum(k * v for k, v in new_batches.items()) / max(1, sum(new_batches.values()))
     print(f"\nbatch sizes formed by the replica during the run: mean {mean_batch:.1f}, "
           f"histogram {dict(sorted(new_batches.items()))}")
+    fwd_ms = 1000 * (stats["forward_seconds"] - before["forward_seconds"]) / max(1, sum(new_batches.values()))
+    print(f"inside the replica (all requests of the run): /predict handler p50 {stats['handler_ms_p50']} ms, "
+          f"mean forward pass {fwd_ms:.1f} ms; the rest of a request's latency is HTTP, Serve's proxy and routing")
     print("\n| goal | target | measured | met |")
     print("|---|---|---|---|")
     ok = True
@@ -237,6 +271,8 @@ def main() -> int:
         ok &= met
         print(f"| c=1 p50 vs raw batch-1 forward p50 | <= +10 ms | {gap:+.1f} ms "
               f"({rows[1]['p50']:.1f} vs {b1['p50']:.1f} ms) | {'yes' if met else 'NO'} |")
+        print(f"\nServe's own floor (no-op endpoint, c=1): p50 {floor['p50']:.1f} ms, so kosent's handler, batching "
+              f"and forward add {rows[1]['p50'] - floor['p50'] - b1['p50']:+.1f} ms to the raw forward beyond it")
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     tmp.cleanup()
     return 0 if ok else 1

@@ -1,15 +1,18 @@
 """Ray Train vs the plain in-process loop: same model, same data, same number of steps, side by side.
 
-    python bench/bench_train_ray.py                      # e5-small-ko, 24 steps of 16 x <=64 tokens
+    python bench/bench_train_ray.py                      # e5-small-ko, 60 steps of 16 x <=64 tokens
     python bench/bench_train_ray.py --model tiny --max-steps 60
 
-Rows: ``fit_local`` in this process (2 threads); Ray Train with 1 worker x 2 CPUs (2 threads: the cost of
-Ray itself); Ray Train with 2 workers x 1 CPU (DDP over gloo: data parallelism on the same 2 cores).
+Rows, in this order: ``fit_local`` in this process before any Ray cluster exists (2 threads); Ray Train with
+1 worker x 2 CPUs (2 threads: the cost of Ray itself); ``fit_local`` again while the Ray cluster sits idle
+(what Ray's daemons alone take from a loop on the same cores); Ray Train with 2 workers x 1 CPU (DDP over
+gloo: data parallelism on the same 2 cores).
 ``--single-thread``: every process gets one thread (local x 1, Ray 1 worker x 1 CPU, Ray 2 workers x 1 CPU):
 multi-threaded torch collapses when the machine is oversubscribed, one thread per process much less.
 Throughput is the loop's own ``samples_per_second`` (training steps only: no start-up, evaluation or
-checkpointing); ``wall s`` is the whole call, start-up included. Ray's overhead % compares the 1-worker
-Ray row with the local row at equal threads.
+checkpointing); ``med s/step`` is the loop's ``median_step_seconds`` (steady state: the first two steps are
+left out); ``wall s`` is the whole call, start-up included. Ray's overhead % compares the median step of
+the 1-worker Ray row with the first local row at equal threads; all runs see the same batches in the same order.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def main() -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="e5-small-ko")
-    p.add_argument("--max-steps", type=int, default=24, help="training steps per run (per worker)")
+    p.add_argument("--max-steps", type=int, default=60, help="training steps per run (per worker)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--train-size", type=int, default=1000)
@@ -65,50 +68,56 @@ def main() -> int:
         steps = int(h["step"])
         rows.append({
             "config": label, "workers": workers, "threads_per_worker": threads,
-            "samples_per_second": h["samples_per_second"], "step_seconds": h["epoch_seconds"] / max(1, steps),
+            "samples_per_second": h["samples_per_second"], "step_seconds": h["median_step_seconds"],
             "steps": steps, "samples": round(h["samples_per_second"] * h["epoch_seconds"]), "wall_seconds": wall,
         })
         print(f"[bench] {label}: {h['samples_per_second']:.1f} samples/s, wall {wall:.0f}s", flush=True)
 
-    t0 = time.perf_counter()
-    local = fit_local(dataclasses.replace(base, threads=threads, name="local"), splits,
-                      out_dir=os.path.join(storage, "local"))
-    record("local fit_local", 1, threads, local.history, time.perf_counter() - t0)
+    def run_local(label: str) -> None:
+        t0 = time.perf_counter()
+        local = fit_local(dataclasses.replace(base, threads=threads, name="local"), splits,
+                          out_dir=os.path.join(storage, "local"))
+        record(label, 1, threads, local.history, time.perf_counter() - t0)
+        shutil.rmtree(os.path.join(storage, "local"), ignore_errors=True)
 
-    connect()
-    for label, workers, per_worker in (
-        (f"ray 1 worker x {threads} CPU", 1, threads),
-        (f"ray {cpus} workers x 1 CPU", cpus, 1),
-    ):
+    def run_ray(label: str, workers: int, per_worker: int) -> None:
         t0 = time.perf_counter()
         result = fit(dataclasses.replace(base, num_workers=workers, cpus_per_worker=float(per_worker),
                                          name=f"ray-{workers}w"), splits)
         record(label, workers, per_worker, result.history, time.perf_counter() - t0)
 
-    local_step, ray1_step = rows[0]["step_seconds"], rows[1]["step_seconds"]
+    run_local("local, no Ray running")
+    connect()
+    run_ray(f"ray 1 worker x {threads} CPU", 1, threads)
+    run_local("local, Ray cluster idle")
+    run_ray(f"ray {cpus} workers x 1 CPU", cpus, 1)
+
+    local_step, ray1_step, idle_step = (rows[i]["step_seconds"] for i in range(3))
     overhead = 100.0 * (ray1_step / local_step - 1.0)
-    scaling = rows[2]["samples_per_second"] / rows[1]["samples_per_second"]
+    daemons = 100.0 * (idle_step / local_step - 1.0)
+    scaling = rows[3]["samples_per_second"] / rows[1]["samples_per_second"]
     load = max(load_start, os.getloadavg()[0])
 
     print()
     print(f"model {args.model}, batch {args.batch_size} x <={args.max_length} tokens, {args.max_steps} steps per "
           f"worker, {cpus} CPUs, load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end")
-    header = f"{'config':<26} {'workers':>7} {'thr/wkr':>7} {'samples/s':>10} {'s/step':>7} {'samples':>8} {'wall s':>7}"
+    header = f"{'config':<28} {'workers':>7} {'thr/wkr':>7} {'samples/s':>10} {'med s/step':>10} {'samples':>8} {'wall s':>7}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['config']:<26} {r['workers']:>7} {r['threads_per_worker']:>7} {r['samples_per_second']:>10.1f} "
-              f"{r['step_seconds']:>7.2f} {r['samples']:>8} {r['wall_seconds']:>7.0f}")
+        print(f"{r['config']:<28} {r['workers']:>7} {r['threads_per_worker']:>7} {r['samples_per_second']:>10.1f} "
+              f"{r['step_seconds']:>10.3f} {r['samples']:>8} {r['wall_seconds']:>7.0f}")
     print()
-    print(f"Ray overhead, 1 worker vs local at {threads} thread(s): {overhead:+.1f}% time per step "
+    print(f"Ray overhead, 1 worker vs local at {threads} thread(s): {overhead:+.1f}% median time per step "
           "(negative: Ray was faster, i.e. noise)")
+    print(f"  of which an idle Ray cluster's daemons alone cost the local loop {daemons:+.1f}%")
     print(f"{cpus} workers x 1 CPU vs 1 worker x {threads} CPU: {scaling:.2f}x samples/s")
     if load > cpus:
         print(f"warning: load average {load:.1f} on {cpus} CPUs: other processes compete, the figures are noisy")
     shutil.rmtree(storage, ignore_errors=True)  # the runs' checkpoints (hundreds of MB for e5)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"rows": rows, "ray_overhead_percent": overhead, "two_vs_one_worker": scaling,
+            json.dump({"rows": rows, "ray_overhead_percent": overhead, "idle_cluster_percent": daemons, "two_vs_one_worker": scaling,
                        "load_average": load, "args": vars(args)}, f, indent=2)
     return 0
 

@@ -9,12 +9,21 @@ Layout::
 
 Loading refuses a folder without a label map or data fingerprint: a model whose labels or data are
 unknown must not be served by mistake.
+
+A checkpoint (and a manifest) may also live on object storage (``s3://bucket/runs/x/epoch_2``, ``gs://``):
+multi-node runs write there. :func:`read_meta` reads ``kosent.json`` there in place, and
+:func:`fetch_checkpoint` copies the folder (without ``training_state/``) into ``$KOSENT_HOME/remote`` once,
+for loading. Credentials and endpoint come from the environment, as for Ray (``AWS_*``, pyarrow.fs).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +88,14 @@ def write_meta(
 
 
 def read_meta(folder: str | Path) -> dict[str, Any]:
-    """``kosent.json`` of a checkpoint, validated."""
+    """``kosent.json`` of a checkpoint (a folder, or a URI read in place), validated."""
+    if is_uri(folder):
+        location = f"{str(folder).rstrip('/')}/{META_FILE}"
+        if not exists(location):
+            raise CheckpointError(f"{folder}: no {META_FILE} there; not a kosent checkpoint (or not reachable "
+                                  "with this machine's storage credentials)")
+        return read_checked_json(location, ("label_names", "label2id", "data_fingerprint"), CheckpointError,
+                                 "; refusing a checkpoint whose labels or data are unknown")
     folder = Path(folder)
     path = folder / META_FILE
     if not folder.is_dir():
@@ -93,13 +109,16 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
                              "; refusing a checkpoint whose labels or data are unknown")
 
 
-def read_checked_json(path: Path, required: tuple[str, ...], error: type[Exception], why: str = "") -> dict[str, Any]:
+def read_checked_json(
+    path: str | Path, required: tuple[str, ...], error: type[Exception], why: str = ""
+) -> dict[str, Any]:
     """A JSON object whose ``required`` keys are all present and non-empty, else ``error`` naming file and key.
 
     Shared by ``kosent.json`` and the manifest: both are contracts that must fail loudly when incomplete.
+    ``path`` may be a URI (``s3://...``).
     """
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON ({e})") from e
     for key in required:
@@ -161,3 +180,124 @@ def load_training_state(
     optimizer.load_state_dict({"state": state, "param_groups": doc["param_groups"]})
     scheduler.load_state_dict(doc["scheduler"])
     return doc["progress"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Object storage (s3://, gs://): what multi-node runs write, read here through pyarrow.fs like Ray does
+# ----------------------------------------------------------------------------------------------------
+
+
+def is_uri(location: str | Path) -> bool:
+    """``s3://bucket/key`` and the like (anything with a scheme); a plain path is local."""
+    return "://" in str(location)
+
+
+def _fs(location: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(location)
+
+
+def read_text(location: str | Path) -> str:
+    """A local file or an object in storage, as UTF-8 text; FileNotFoundError names the location."""
+    if not is_uri(location):
+        return Path(location).read_text(encoding="utf-8")
+    fs, path = _fs(str(location))
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.read().decode("utf-8")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{location}: not found") from e
+
+
+def write_text(location: str | Path, text: str) -> None:
+    """Write a local file (making its folder) or an object in storage."""
+    if not is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_text(text, encoding="utf-8")
+        return
+    fs, path = _fs(str(location))
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def exists(location: str | Path) -> bool:
+    """A local path, or an object / a non-empty prefix in storage."""
+    if not is_uri(location):
+        return Path(location).exists()
+    import pyarrow.fs
+
+    fs, path = _fs(str(location))
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def delete_file(location: str | Path) -> None:
+    """Remove a file if it is there (local or in storage)."""
+    if not is_uri(location):
+        Path(location).unlink(missing_ok=True)
+    elif exists(location):
+        fs, path = _fs(str(location))
+        fs.delete_file(path)
+
+
+def upload(local: str | Path, location: str) -> None:
+    """Copy a local file or folder (recursively) to ``location`` in storage."""
+    import pyarrow.fs
+
+    fs, path = _fs(location)
+    pyarrow.fs.copy_files(str(local), path, destination_filesystem=fs)
+
+
+def download_tree(location: str, dest: str | Path, skip: Any = None) -> list[Path]:
+    """Copy every object under ``location`` into ``dest`` (same relative layout); ``skip(relative_path)``
+    returning True leaves a file out. Returns the local files written."""
+    import pyarrow.fs
+
+    fs, root = _fs(location)
+    root = root.rstrip("/")
+    written = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)):
+        if info.type != pyarrow.fs.FileType.File:
+            continue
+        rel = info.path[len(root) + 1:]
+        if not rel or (skip is not None and skip(rel)):
+            continue
+        target = Path(dest) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with fs.open_input_stream(info.path) as src, target.open("wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        written.append(target)
+    return written
+
+
+def fetch_checkpoint(uri: str) -> Path:
+    """A local copy of the checkpoint at ``uri`` (model, tokenizer, ``kosent.json``; not ``training_state/``).
+
+    Cached under ``$KOSENT_HOME/remote/checkpoints/<name>-<key>``, the key a hash of the URI and its
+    ``kosent.json``: every process on a node downloads once, and a checkpoint rewritten in place gets a new
+    folder. The copy is made in a temporary folder and renamed, so a half-downloaded folder is never used.
+    """
+    if not is_uri(uri):
+        return Path(uri)
+    from kosent.config import cache_home
+
+    uri = uri.rstrip("/")
+    meta = read_meta(uri)  # fails early, naming the URI, for a folder that is not a checkpoint
+    key = hashlib.sha256((uri + json.dumps(meta, sort_keys=True)).encode("utf-8")).hexdigest()[:16]
+    dest = cache_home() / "remote" / "checkpoints" / f"{uri.rsplit('/', 1)[-1]}-{key}"
+    if (dest / META_FILE).is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        download_tree(uri, staging, skip=lambda rel: rel.split("/", 1)[0] == STATE_DIR)
+        if not (staging / META_FILE).is_file():
+            raise CheckpointError(f"{uri}: downloaded without {META_FILE}")
+        try:
+            os.rename(staging, dest)
+        except OSError:  # another process on this node finished first: use its copy
+            if not (dest / META_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest

@@ -3,7 +3,7 @@
     kosent data      --source nsmc --train-size 10000        report on a dataset and its splits
     kosent pull      [--full]                                 build the offline e5-small model folder
     kosent train     --model e5-small-ko --epochs 2           train in this process, evaluate on test
-    kosent evaluate  CHECKPOINT [--source ...]                metrics on the test split
+    kosent evaluate  CHECKPOINT [--out DIR] [--source ...]    report on the test split: metrics, plots, errors
     kosent predict   CHECKPOINT "텍스트" ... | --file F        predictions as JSON lines
 """
 
@@ -49,15 +49,15 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
                                help=f"default: {default}")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < ``--config`` YAML < flags given on the command line."""
-    cfg = load_yaml(args.config) if getattr(args, "config", None) else TrainConfig()
+def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
+    """Defaults < ``--config`` YAML < flags given on the command line (``cls``: TrainConfig or a subclass)."""
+    cfg = load_yaml(args.config, cls) if getattr(args, "config", None) else cls()
     given = vars(args)
-    train_values = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given and f.name not in _SKIP}
+    train_values = {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given and f.name not in _SKIP}
     data_values = {f.name: given[f.name] for f in dataclasses.fields(DataConfig) if f.name in given}
     values = to_dict(cfg) | train_values
     values["data"] = values["data"] | data_values
-    return from_dict(TrainConfig, values)
+    return from_dict(cls, values)
 
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
@@ -102,16 +102,48 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import re
+
     from kosent.checkpoint import read_meta
     from kosent.data import make_splits
-    from kosent.evaluate import evaluate_checkpoint
+    from kosent.evaluate import evaluate_report
+    from kosent.train import log
 
     meta = read_meta(args.checkpoint)
     data_cfg = from_dict(DataConfig, meta["config"]["data"] | {
         k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(DataConfig)}})
-    split = getattr(make_splits(data_cfg), args.split)
-    metrics = evaluate_checkpoint(args.checkpoint, split["text"], split["label"], prefix=f"{args.split}_")
-    print(json.dumps(metrics, indent=2))
+    splits = make_splits(data_cfg)
+    split = getattr(splits, args.split)
+    source = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data_cfg.source).stem if "/" in data_cfg.source else data_cfg.source)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{source}_{args.split}"
+    log(f"evaluating {args.checkpoint} on {len(split):,} {args.split} texts of {data_cfg.source}; report in {out}")
+    ev = evaluate_report(
+        args.checkpoint, list(split["text"]), list(split["label"]), out, prefix=f"{args.split}_",
+        label_names=splits.label_names, embeddings=args.embeddings, max_points=args.max_points,
+        n_errors=args.errors, n_bins=args.bins, progress=log,
+        data={"source": data_cfg.source, "split": args.split, "fingerprint": splits.fingerprint,
+              "sizes": splits.sizes()},
+    )
+    print(ev.summary())
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from kosent.checkpoint import read_meta
+    from kosent.data import make_splits
+    from kosent.ensemble import build_ensemble
+    from kosent.train import log
+
+    meta = read_meta(args.checkpoint)
+    data_cfg = from_dict(DataConfig, meta["config"]["data"] | {
+        k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(DataConfig)}})
+    weight = args.tfidf_weight if args.tfidf_weight == "auto" else float(args.tfidf_weight)
+    summary = build_ensemble(args.checkpoint, args.out, make_splits(data_cfg), weight, progress=log)
+    rows = [(who, summary["test"][who]) for who in ("model", "tfidf", "ensemble")]
+    print(f"tfidf_weight {summary['tfidf_weight']}; test split:")
+    for who, m in rows:
+        print(f"  {who:<9} test_accuracy {m['test_accuracy']:.4f}  test_macro_f1 {m['test_macro_f1']:.4f}")
+    print(f"ensemble checkpoint: {summary['checkpoint']}")
     return 0
 
 
@@ -155,11 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, DataConfig)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split of its data (or other data)")
+    p = sub.add_parser("evaluate", help="metrics, plots and errors of a checkpoint on a split of its data (or other data)")
     p.add_argument("checkpoint")
     p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("--out", help="report folder (default: eval_<source>_<split> beside the checkpoint)")
+    p.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=True,
+                   help="PCA / t-SNE views of the sentence embeddings (default: on)")
+    p.add_argument("--max-points", type=int, default=2000, help="texts in the PCA / t-SNE views (default: 2000)")
+    p.add_argument("--errors", type=int, default=20, help="most confident errors to list (default: 20)")
+    p.add_argument("--bins", type=int, default=10, help="calibration bins (default: 10)")
     add_config_args(p, DataConfig)
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("ensemble", help="add a TF-IDF model to a checkpoint: one folder, probabilities averaged")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="the new (empty) checkpoint folder")
+    p.add_argument("--tfidf-weight", default="0.5",
+                   help="TF-IDF share of the log-odds average, or 'auto' for the best on validation (default: 0.5)")
+    add_config_args(p, DataConfig)
+    p.set_defaults(func=_cmd_ensemble)
 
     p = sub.add_parser("predict", help="predict labels for texts")
     p.add_argument("checkpoint")

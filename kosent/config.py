@@ -85,6 +85,23 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
 
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Domain-adaptive masked-LM pretraining (``ray_jobs/pretrain.py``, ``kosent.pretrain``).
+
+    The TrainConfig fields mean the same here (``model`` is the encoder to adapt); ``data`` names the
+    labelled dataset and split settings of the later fine-tuning: its validation and test texts are kept
+    out of the corpus. ``unlabelled_size`` caps the corpus (0 or None: every remaining text).
+    """
+
+    epochs: int = 1
+    max_length: int = 64
+    storage_path: str = "runs/pretrain"
+    mlm_probability: float = 0.15
+    unlabelled_size: int | None = 20000
+    holdout_size: int = 500
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a config dataclass (nested dataclasses become dicts)."""
     return dataclasses.asdict(cfg)
@@ -97,7 +114,7 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(names)}")
     kwargs = dict(values)
-    if "data" in kwargs and isinstance(kwargs["data"], dict) and cls is TrainConfig:
+    if "data" in kwargs and isinstance(kwargs["data"], dict) and issubclass(cls, TrainConfig):
         kwargs["data"] = from_dict(DataConfig, kwargs["data"])
     return cls(**kwargs)
 

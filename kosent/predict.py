@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from kosent import batches
-from kosent.checkpoint import load_checkpoint, read_meta
+from kosent.checkpoint import fetch_checkpoint, is_uri, load_checkpoint, read_meta
 from kosent.models.tfidf import TfidfClassifier
 from kosent.text import normalize
 
@@ -41,14 +41,22 @@ class Predictor:
         self.max_length = int(meta.get("config", {}).get("max_length", max_length))
         self.batch_size = batch_size
         self.device = torch.device(device)
+        self.tfidf: TfidfClassifier | None = None  # set for an ensemble checkpoint
+        self.tfidf_weight = 0.0
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> Predictor:
+        """Load a checkpoint folder, or one on object storage (``s3://...``: copied to a local cache first)."""
+        if is_uri(path):
+            path = fetch_checkpoint(str(path))
         if read_meta(path)["model_type"] == "tfidf":
             return TfidfPredictor(path)
         model, tokenizer, meta = load_checkpoint(path, device=device)
         predictor = cls(model, tokenizer, meta, device=device, **kwargs)
         predictor.path = Path(path)
+        if meta.get("ensemble"):  # BERT + TF-IDF in one folder (kosent.ensemble)
+            predictor.tfidf = TfidfClassifier.load(Path(path) / meta["ensemble"]["tfidf"])
+            predictor.tfidf_weight = float(meta["ensemble"]["tfidf_weight"])
         return predictor
 
     @torch.inference_mode()
@@ -63,6 +71,10 @@ class Predictor:
             logits = self.model(input_ids=batch["input_ids"].to(self.device),
                                 attention_mask=batch["attention_mask"].to(self.device)).logits
             out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        if self.tfidf is not None:
+            from kosent.ensemble import mix
+
+            out = mix(out, self.tfidf.predict_proba(list(texts)), self.tfidf_weight).astype(np.float32)
         return out
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:

@@ -204,6 +204,8 @@ def train_loop(
     for epoch in range(start_epoch, cfg.epochs):
         wrapped.train()
         t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        step_times: list[float] = []  # per step, for the steady-state median (the first steps warm up)
+        t_step = t0
         confusion = np.zeros((len(label_names), len(label_names)), dtype=np.int64)  # [true, predicted]
         report_every = max(1, steps_per_epoch // 10)
         stream = batches.iterate(
@@ -229,6 +231,9 @@ def train_loop(
             pred = out.logits.argmax(-1)
             correct += (pred == batch["labels"]).sum().item()
             np.add.at(confusion, (batch["labels"].cpu().numpy(), pred.cpu().numpy()), 1)
+            now = time.perf_counter()
+            step_times.append(now - t_step)
+            t_step = now
             if on_step is not None:
                 on_step(step, loss.item())
             if session.rank == 0 and (i + 1) % report_every == 0:
@@ -249,6 +254,7 @@ def train_loop(
             "train_macro_f1": _macro_f1(sum(t[3] for t in totals)),
             "samples_per_second": seen_all / max(train_seconds, 1e-9),
             "epoch_seconds": train_seconds,
+            "median_step_seconds": float(np.median(step_times[2:] or step_times or [0.0])),
         }
         metrics.update(evaluate_encoded(model, val_enc, label_names, cfg, pad_id, session))
         improved = metrics["val_macro_f1"] > best

@@ -17,6 +17,12 @@ scored once on the untouched test split and written to ``<sweep>/manifest.json``
 ``trials.csv`` / ``trials.md`` list every trial and ``plots/`` holds the scaling plot and learning curves.
 Tune's TensorBoard event files sit in each trial folder: ``tensorboard --logdir <sweep>``.
 
+Storage: ``storage_path`` is a local (or shared, mounted) folder, or a URI (``s3://bucket/sweeps``) that
+every node of a multi-node cluster reaches. For a URI, Tune keeps the sweep there, each trial's Train
+run writes its checkpoints there, and at the end the sweep's files (checkpoints left out) are copied to a
+local mirror, ``$KOSENT_HOME/remote/sweeps/<name>``, where the table, plots and manifest are made and
+then uploaded beside the trials; the manifest names the best checkpoint by its URI.
+
 Library code: it needs a connected Ray cluster (``ray_jobs/tune.py`` starts or joins one) and never
 parses arguments.
 """
@@ -33,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kosent.config import TrainConfig, from_dict, to_dict
+from kosent.checkpoint import delete_file, download_tree, exists, is_uri, read_text, upload, write_text
+from kosent.config import TrainConfig, cache_home, from_dict, to_dict
 
 METRIC = "val_macro_f1"
 MODE = "max"
@@ -132,10 +139,10 @@ class TrialRow:
 
 @dataclass
 class SweepResult:
-    path: Path  # the sweep folder (Tune's experiment folder)
+    path: Path  # the sweep folder (Tune's experiment folder), or its local mirror for a URI sweep
     trials: list[TrialRow]
     best: TrialRow | None
-    manifest: Path | None
+    manifest: Path | str | None  # a URI for a URI sweep
     val_metrics: dict[str, float]
     test_metrics: dict[str, float]
     table_csv: Path
@@ -145,6 +152,7 @@ class SweepResult:
     savings: dict[str, Any]
     interrupted: bool
     seconds: float
+    location: str = ""  # where Tune keeps the sweep: ``path``, or its URI (``path`` is then the local mirror)
 
     def summary(self) -> dict[str, Any]:
         best = None
@@ -153,7 +161,7 @@ class SweepResult:
                     "epoch": self.best.best_epoch, "val_macro_f1": self.best.val_macro_f1,
                     "checkpoint": self.best.checkpoint}
         return {
-            "sweep": str(self.path), "manifest": str(self.manifest) if self.manifest else None,
+            "sweep": self.location or str(self.path), "manifest": str(self.manifest) if self.manifest else None,
             "interrupted": self.interrupted, "best": best,
             "test_accuracy": self.test_metrics.get("test_accuracy"),
             "test_macro_f1": self.test_metrics.get("test_macro_f1"),
@@ -182,12 +190,13 @@ def _absolute(base: TrainConfig) -> TrainConfig:
 
 
 def trial_config(base: TrainConfig, lr: float, scale: int, worker_cpus: float, trial_dir: str | Path) -> TrainConfig:
-    """The TrainConfig of one trial: ``base`` with the trial's lr and scale; Train writes to the trial folder."""
+    """The TrainConfig of one trial: ``base`` with the trial's lr and scale; Train writes to the trial folder
+    (a local folder or a URI)."""
     return dataclasses.replace(
         base,
         lr=float(lr),
         cpus_per_worker=worker_cpus,
-        storage_path=str(Path(trial_dir).resolve()),
+        storage_path=str(trial_dir) if is_uri(trial_dir) else str(Path(trial_dir).resolve()),
         name="train",
         data=dataclasses.replace(base.data, scale=int(scale)),
     )
@@ -223,20 +232,20 @@ def search_space(sweep: SweepConfig, base: TrainConfig) -> dict[str, Any]:
         # Constants travel in the trial config so a resumed sweep needs nothing but its folder.
         "worker_cpus": worker_cpus(sweep, base),
         "base": to_dict(base),
-    }
+    } | ({"storage_uri": sweep.storage_path.rstrip("/")} if is_uri(sweep.storage_path) else {})
 
 
-def _save_sweep(path: Path, sweep: SweepConfig, base: TrainConfig) -> None:
+def _save_sweep(location: str | Path, sweep: SweepConfig, base: TrainConfig) -> None:
     doc = {"sweep": to_dict(sweep), "base": to_dict(base)}
-    (path / SWEEP_FILE).write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_text(f"{location}/{SWEEP_FILE}", json.dumps(doc, indent=2, ensure_ascii=False))
 
 
 def load_sweep(path: str | Path) -> tuple[SweepConfig, TrainConfig]:
-    """The SweepConfig and base TrainConfig a sweep folder was started with."""
-    doc_path = Path(path) / SWEEP_FILE
-    if not doc_path.is_file():
+    """The SweepConfig and base TrainConfig a sweep folder (or sweep URI) was started with."""
+    doc_path = f"{path}/{SWEEP_FILE}"
+    if not exists(doc_path):
         raise SweepError(f"{path}: no {SWEEP_FILE}; not a kosent sweep folder")
-    doc = json.loads(doc_path.read_text(encoding="utf-8"))
+    doc = json.loads(read_text(doc_path))
     return from_dict(SweepConfig, doc["sweep"]), from_dict(TrainConfig, doc["base"])
 
 
@@ -270,9 +279,10 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(first).__name__}: {text[-1] if text else ''}"[:500]
 
 
-def _trial_storage_dir() -> Path:
-    """The trial's folder in the sweep folder (``tune.get_context().get_trial_dir()`` is a staging folder
-    under /tmp/ray/session_*, gone with the cluster: checkpoints written there would not outlive it)."""
+def _trial_storage_dir(storage_uri: str | None = None) -> str:
+    """The trial's folder in the sweep folder, or its URI when the sweep lives at ``storage_uri``
+    (``tune.get_context().get_trial_dir()`` is a staging folder under /tmp/ray/session_*, gone with the
+    cluster and on one node only: checkpoints written there would not outlive it)."""
     from ray import tune
 
     try:
@@ -281,10 +291,12 @@ def _trial_storage_dir() -> Path:
 
         storage = get_storage()
         if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-            return Path(storage.trial_fs_path)
+            return str(storage.trial_fs_path)
+        if storage_uri:
+            return f"{storage_uri}/{storage.experiment_dir_name}/{storage.trial_dir_name}"
     except Exception:  # noqa: BLE001
         pass
-    return Path(tune.get_context().get_trial_dir())
+    return str(tune.get_context().get_trial_dir())
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -294,29 +306,30 @@ def _trial(config: dict[str, Any]) -> None:
     from kosent.data import make_splits
     from kosent.ray_train import build_trainer
 
-    trial_dir = _trial_storage_dir()
-    trial_dir.mkdir(parents=True, exist_ok=True)
+    trial_dir = _trial_storage_dir(config.get("storage_uri"))
+    if not is_uri(trial_dir):
+        Path(trial_dir).mkdir(parents=True, exist_ok=True)
     base = from_dict(TrainConfig, config["base"])
     cfg = trial_config(base, config["lr"], config["scale"], config["worker_cpus"], trial_dir)
     # A trial restarted after an interruption finds its Train run folder: Train resumes it from the last
     # epoch checkpoint instead of starting over.
-    cfg = dataclasses.replace(cfg, resume=(trial_dir / cfg.name).exists())
-    (trial_dir / ERROR_FILE).unlink(missing_ok=True)
+    cfg = dataclasses.replace(cfg, resume=exists(f"{trial_dir}/{cfg.name}"))
+    delete_file(f"{trial_dir}/{ERROR_FILE}")
     splits = make_splits(cfg.data)
     info = {"config": to_dict(cfg), "sizes": splits.sizes(), "fingerprint": splits.fingerprint,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (trial_dir / TRIAL_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_text(f"{trial_dir}/{TRIAL_FILE}", json.dumps(info, indent=2, ensure_ascii=False))
 
     trainer = build_trainer(cfg, splits, callbacks=[TuneReportCallback()])
     try:
         result = trainer.fit()
     except Exception as e:
         reason = failure_reason(e)
-        (trial_dir / ERROR_FILE).write_text(json.dumps({"error": reason}, ensure_ascii=False), encoding="utf-8")
+        write_text(f"{trial_dir}/{ERROR_FILE}", json.dumps({"error": reason}, ensure_ascii=False))
         raise TrialFailed(reason) from e
     done = {"finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "checkpoint": getattr(getattr(result, "checkpoint", None), "path", None)}
-    (trial_dir / FINISHED_FILE).write_text(json.dumps(done, indent=2), encoding="utf-8")
+    write_text(f"{trial_dir}/{FINISHED_FILE}", json.dumps(done, indent=2))
 
 
 def orphaned_placement_groups(address: str | None = None, job_id: str | None = None) -> list[str]:
@@ -423,12 +436,20 @@ def _trainable(sweep: SweepConfig):
 
 
 def sweep_dir(sweep: SweepConfig) -> Path:
+    """The sweep's local folder: Tune's experiment folder, or for a URI sweep its local mirror."""
     if not sweep.name:
         raise SweepError("the sweep has no name")
-    if "://" in sweep.storage_path:
-        raise SweepError(f"storage_path {sweep.storage_path}: sweeps write their table, plots and manifest to a "
-                         "local (or shared, mounted) folder; URIs are not supported")
+    if is_uri(sweep.storage_path):
+        return cache_home() / "remote" / "sweeps" / sweep.name
     return Path(sweep.storage_path).expanduser().resolve() / sweep.name
+
+
+def sweep_location(sweep: SweepConfig) -> str:
+    """Where Tune keeps the sweep: ``<storage_path>/<name>``, a local folder or a URI."""
+    if is_uri(sweep.storage_path):
+        sweep_dir(sweep)  # checks the name
+        return f"{sweep.storage_path.rstrip('/')}/{sweep.name}"
+    return str(sweep_dir(sweep))
 
 
 def _preflight(sweep: SweepConfig, base: TrainConfig) -> None:
@@ -459,26 +480,27 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, callbacks: list | None = No
     if sweep.resume:
         if not sweep.name:
             raise SweepError("resume needs the name of the sweep to resume (and its storage_path)")
-        path = sweep_dir(sweep)
-        if not tune.Tuner.can_restore(str(path)):
-            raise SweepError(f"{path}: no Tune experiment to resume there (check --name and --storage-path)")
-        stored_sweep, base = load_sweep(path)
+        location = sweep_location(sweep)
+        if not tune.Tuner.can_restore(location):
+            raise SweepError(f"{location}: no Tune experiment to resume there (check --name and --storage-path)")
+        stored_sweep, base = load_sweep(location)
         sweep = dataclasses.replace(stored_sweep, name=sweep.name, storage_path=sweep.storage_path, resume=True)
-        _log(f"resuming sweep {path}: finished and failed trials are kept, unfinished trials continue")
+        _log(f"resuming sweep {location}: finished and failed trials are kept, unfinished trials continue")
         tuner = tune.Tuner.restore(
-            str(path), trainable=_trainable(sweep),
+            location, trainable=_trainable(sweep),
             resume_unfinished=True, resume_errored=False, restart_errored=False,
         )
     else:
         base = _absolute(base)
         sweep = dataclasses.replace(sweep, name=sweep.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
         sweep.validate(base)
-        path = sweep_dir(sweep)
-        if tune.Tuner.can_restore(str(path)):
-            raise SweepError(f"{path} already holds a sweep: resume it (--resume) or choose another --name")
+        location = sweep_location(sweep)
+        if tune.Tuner.can_restore(location):
+            raise SweepError(f"{location} already holds a sweep: resume it (--resume) or choose another --name")
         _preflight(sweep, base)
-        path.mkdir(parents=True, exist_ok=True)
-        _save_sweep(path, sweep, base)
+        if not is_uri(location):
+            Path(location).mkdir(parents=True, exist_ok=True)
+        _save_sweep(location, sweep, base)
         limit = concurrency(sweep, base)
         if sweep.asha:
             scheduler = ASHAScheduler(
@@ -490,7 +512,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, callbacks: list | None = No
         else:
             scheduler = FIFOScheduler()
         _log(
-            f"sweep {path}: {sweep.num_trials()} trials (lr {sweep.lrs or f'log-uniform {sweep.lr_min}..{sweep.lr_max}'}"
+            f"sweep {location}: {sweep.num_trials()} trials (lr {sweep.lrs or f'log-uniform {sweep.lr_min}..{sweep.lr_max}'}"
             f" x scale {sweep.scales}), {base.epochs} epochs each, {limit} at a time, "
             f"{'ASHA grace ' + str(sweep.grace_period) if sweep.asha else 'no early stopping'}"
         )
@@ -503,13 +525,13 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, callbacks: list | None = No
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=sweep.name, storage_path=str(path.parent),
+                name=sweep.name, storage_path=sweep.storage_path if is_uri(location) else str(Path(location).parent),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                 callbacks=[TBXLoggerCallback(), _janitor_callback(), *(callbacks or [])],
             ),
         )
     tuner.fit()
-    return finalize(path, sweep=sweep, base=base, seconds=time.perf_counter() - t0)
+    return finalize(location, sweep=sweep, base=base, seconds=time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,8 +563,11 @@ def _history(df: Any) -> list[dict[str, Any]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def collect_trials(path: str | Path, base: TrainConfig) -> list[TrialRow]:
-    """Every trial of the sweep at ``path``, read back from Tune's experiment state and the trial folders."""
+def collect_trials(path: str | Path, base: TrainConfig, location: str | None = None) -> list[TrialRow]:
+    """Every trial of the sweep at ``path``, read back from Tune's experiment state and the trial folders.
+
+    ``location`` is the sweep's URI when ``path`` is its local mirror: Ray reports checkpoint paths without
+    their scheme (``bucket/key``), and they are named here by URI again (``s3://bucket/key``)."""
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(path), default_metric=METRIC, default_mode=MODE)
@@ -568,6 +593,8 @@ def collect_trials(path: str | Path, base: TrainConfig) -> list[TrialRow]:
             outcome = "unfinished"
         scale = int(trial.config.get("scale", 1))
         checkpoint = best.get("checkpoint_path") if best else None
+        if location and is_uri(location) and isinstance(checkpoint, str) and checkpoint and not is_uri(checkpoint):
+            checkpoint = f"{location.split('://', 1)[0]}://{checkpoint.lstrip('/')}"
         rows.append(TrialRow(
             trial_id=trial.trial_id, lr=float(trial.config.get("lr", float("nan"))), scale=scale,
             train_rows=base.data.train_size * scale, epochs_run=epochs_run,
@@ -601,11 +628,30 @@ def _tune_error(trial_path: Path) -> str:
     return text.strip().splitlines()[-1][:500] if text.strip() else "error"
 
 
+def _checkpoint_present(checkpoint: str) -> bool:
+    if is_uri(checkpoint):
+        from kosent.checkpoint import META_FILE
+
+        return exists(f"{checkpoint.rstrip('/')}/{META_FILE}")
+    return Path(checkpoint).is_dir()
+
+
+def _mirror(location: str, local: Path) -> None:
+    """Copy a URI sweep into ``local`` without checkpoint folders (``*/epoch_N/...``): what the table, plots
+    and trial outcomes are read from. The best checkpoint is read from storage itself."""
+    import shutil
+
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    download_tree(location, local, skip=lambda rel: any(re.fullmatch(r"epoch_\d+", part)
+                                                        for part in rel.split("/")[:-1]))
+
+
 def pick_best(rows: list[TrialRow]) -> TrialRow | None:
     """Highest val_macro_f1 among trials that did not fail and whose best checkpoint is on disk;
     ties go to the cheaper trial (smaller scale, then earlier epoch)."""
     usable = [r for r in rows if r.outcome in ("completed", "early_stopped") and r.val_macro_f1 is not None
-              and r.checkpoint and Path(r.checkpoint).is_dir()]
+              and r.checkpoint and _checkpoint_present(r.checkpoint)]
     if not usable:
         return None
     return max(usable, key=lambda r: (r.val_macro_f1, -r.scale, -(r.best_epoch or 0)))
@@ -665,11 +711,23 @@ def markdown_table(rows: list[TrialRow], columns: list[str] | None = None) -> st
 
 
 def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: float = 0.0) -> SweepResult:
-    """Table, plots, and (for a sweep that is not interrupted) the test score and the manifest."""
+    """Table, plots, and (for a sweep that is not interrupted) the test score and the manifest.
+
+    ``path`` is the sweep folder or its URI; for a URI the outputs are made in the local mirror
+    (:func:`sweep_dir`) and uploaded next to the trials."""
     from kosent import plots
 
+    location = str(path)
+    remote = is_uri(location)
+    if remote:
+        path = sweep_dir(sweep)
+        _mirror(location, path)
     path = Path(path)
-    rows = collect_trials(path, base)
+
+    def where(local: Path | str) -> str:  # a file of the mirror, named where it lives in storage
+        return f"{location}/{Path(local).relative_to(path).as_posix()}" if remote else str(local)
+
+    rows = collect_trials(path, base, location=location if remote else None)
     expected = sweep.num_trials()
     # Trials are generated lazily (max_concurrent_trials at a time): an interrupted sweep may not know
     # all of its trials yet, so fewer trials than the search space holds also means unfinished.
@@ -692,7 +750,7 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
     if interrupted:
         _log(f"sweep interrupted: {savings['unfinished']} of {expected} trial(s) unfinished; "
              "resume with resume=True "
-             f"(ray_jobs/tune.py --resume --name {path.name} --storage-path {path.parent})")
+             f"(ray_jobs/tune.py --resume --name {path.name} --storage-path {location.rsplit('/', 1)[0]})")
     elif best is None:
         _log("no trial produced a usable checkpoint: no manifest written")
     else:
@@ -710,16 +768,24 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
             source="tune",
             extra={
                 "trial": {"trial_id": best.trial_id, "lr": best.lr, "scale": best.scale,
-                          "train_rows": best.train_rows, "epoch": best.best_epoch, "path": best.path},
-                "sweep": {"name": path.name, "path": str(path), "metric": METRIC, "mode": MODE,
+                          "train_rows": best.train_rows, "epoch": best.best_epoch, "path": where(best.path)},
+                "sweep": {"name": path.name, "path": location, "metric": METRIC, "mode": MODE,
                           "trials": len(rows), "search_space": to_dict(sweep), "asha": savings,
-                          "table": str(table_csv)},
+                          "table": where(table_csv)},
             },
         )
+    if remote:
+        from kosent.manifest import MANIFEST_FILE
+
+        for local in (table_csv, table_md, path / "asha.json", path / "plots", manifest):
+            if local is not None and Path(local).exists():
+                upload(local, where(local))
+        manifest = f"{location}/{MANIFEST_FILE}" if manifest is not None else None
+        _log(f"sweep outputs uploaded to {location} (local copy: {path})")
     return SweepResult(
         path=path, trials=rows, best=best, manifest=manifest, val_metrics=val_metrics, test_metrics=test_metrics,
         table_csv=table_csv, table_md=table_md, plots=plot_paths, tensorboard_dir=path, savings=savings,
-        interrupted=interrupted, seconds=seconds,
+        interrupted=interrupted, seconds=seconds, location=location,
     )
 
 
@@ -727,5 +793,5 @@ __all__ = [
     "SweepConfig", "SweepError", "SweepResult", "TrialFailed", "TrialRow", "asha_savings", "collect_trials",
     "concurrency", "failure_reason", "finalize", "load_sweep", "markdown_table", "orphaned_placement_groups",
     "pick_best", "run_sweep",
-    "search_space", "trial_config", "write_table",
+    "search_space", "sweep_dir", "sweep_location", "trial_config", "write_table",
 ]

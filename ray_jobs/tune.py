@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         base = config_from_args(args)
         sweep = sweep_config_from_args(args)
         if "storage_path" not in vars(args) and not args.sweep_config:
-            sweep = dataclasses.replace(sweep, storage_path=str(Path(base.storage_path) / "sweeps"))
-        if not sweep.storage_path.startswith(("/", "~")) and _in_submitted_job():
+            sweep = dataclasses.replace(sweep, storage_path=f"{base.storage_path.rstrip('/')}/sweeps")
+        if not sweep.storage_path.startswith(("/", "~")) and "://" not in sweep.storage_path and _in_submitted_job():
             # A relative path would land in the job's temporary working-dir copy and vanish with it.
             storage = cache_home() / "sweeps"
             print(f"[tune] relative storage path '{sweep.storage_path}' inside a submitted job: using {storage} "
@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(result.seconds, 1),
     }, indent=2, ensure_ascii=False), flush=True)
     if result.interrupted:
+        where = (result.location or str(result.path)).rstrip("/").rsplit("/", 1)[0]
         print(f"[tune] interrupted; resume with: python ray_jobs/tune.py --resume --name {result.path.name} "
-              f"--storage-path {result.path.parent}", file=sys.stderr)
+              f"--storage-path {where}", file=sys.stderr)
         return 130
     if result.manifest is None:
         print("[tune] no trial produced a usable checkpoint; no manifest written", file=sys.stderr)

@@ -198,11 +198,60 @@ def _find(path: str, base: Path | None = None) -> Path:
     return p.resolve()
 
 
-def resolve_source(source: str) -> dict[str, Any]:
-    """``{"source", "manifest" (or None), "checkpoint"}`` for a manifest file/folder or a checkpoint folder."""
-    from kosent.checkpoint import META_FILE, read_meta
+def _read_manifest(location: str) -> dict[str, Any]:
+    """A manifest file, local or on object storage (checked like ``kosent.manifest.read_manifest``)."""
+    from kosent.checkpoint import is_uri, read_checked_json
+    from kosent.manifest import ManifestError, read_manifest
+
+    if not is_uri(location):
+        return read_manifest(location)
+    try:
+        return read_checked_json(location, ("checkpoint", "label_names", "data_fingerprint"), ManifestError)
+    except FileNotFoundError as e:
+        raise ManifestError(f"{location}: manifest not found (or not readable with this node's storage "
+                            "credentials)") from e
+
+
+def resolve_remote(source: str, fetch: bool = True) -> dict[str, Any]:
+    """Like :func:`resolve_source` for a URI (``s3://...``): a manifest (``.json``, or a prefix holding
+    ``manifest.json``) or a checkpoint prefix (holding ``kosent.json``). With ``fetch`` the checkpoint is
+    copied to this node's cache (``kosent.checkpoint.fetch_checkpoint``) and ``checkpoint`` is that folder;
+    without, only its ``kosent.json`` is checked (the builder does this; every replica fetches)."""
+    from kosent.checkpoint import META_FILE, exists, fetch_checkpoint, is_uri, read_meta
+    from kosent.manifest import MANIFEST_FILE
+
+    source = source.rstrip("/")
+    manifest = None
+    if source.endswith(".json"):
+        manifest = source
+    elif not exists(f"{source}/{META_FILE}"):
+        if not exists(f"{source}/{MANIFEST_FILE}"):
+            raise FileNotFoundError(f"{source}: neither a manifest.json nor a checkpoint (no {META_FILE} there)")
+        manifest = f"{source}/{MANIFEST_FILE}"
+    ckpt = source
+    if manifest is not None:
+        ckpt = str(_read_manifest(manifest)["checkpoint"])
+        if not is_uri(ckpt):  # a manifest on storage naming a local folder: it must exist on this node
+            ckpt = str(_find(ckpt))
+    if not is_uri(ckpt):
+        read_meta(ckpt)
+        return {"source": source, "manifest": manifest, "checkpoint": ckpt}
+    if fetch:
+        local = str(fetch_checkpoint(ckpt))  # checks its kosent.json first
+    else:
+        read_meta(ckpt)
+        local = ckpt
+    return {"source": source, "manifest": manifest, "checkpoint": local, "checkpoint_uri": ckpt}
+
+
+def resolve_source(source: str, fetch: bool = True) -> dict[str, Any]:
+    """``{"source", "manifest" (or None), "checkpoint"}`` for a manifest file/folder or a checkpoint folder
+    (a URI too: :func:`resolve_remote`)."""
+    from kosent.checkpoint import META_FILE, is_uri, read_meta
     from kosent.manifest import MANIFEST_FILE, read_manifest
 
+    if is_uri(source):
+        return resolve_remote(source, fetch=fetch)
     path = _find(source)
     if path.is_dir() and (path / META_FILE).is_file():
         read_meta(path)
@@ -211,8 +260,9 @@ def resolve_source(source: str) -> dict[str, Any]:
         manifest = path / MANIFEST_FILE if path.is_dir() else path
         doc = read_manifest(manifest)
         ckpt = str(doc["checkpoint"])
-        if "://" in ckpt:
-            raise ValueError(f"{manifest}: checkpoint {ckpt} is remote; copy it to a local folder and serve that")
+        if is_uri(ckpt):  # a local manifest naming a checkpoint on object storage
+            remote = resolve_remote(ckpt, fetch=fetch)
+            return remote | {"source": str(manifest), "manifest": str(manifest)}
         ckpt_path = _find(ckpt, base=manifest.parent)
         read_meta(ckpt_path)
         return {"source": str(manifest), "manifest": str(manifest), "checkpoint": str(ckpt_path)}
@@ -222,19 +272,24 @@ def resolve_source(source: str) -> dict[str, Any]:
     )
 
 
-def resolve_models(models: ModelSet) -> tuple[dict[str, dict[str, Any]], str]:
+def resolve_models(models: ModelSet, fetch: bool = True) -> tuple[dict[str, dict[str, Any]], str]:
     """(name -> resolved source, default name); raises with the path and what is wrong."""
     sources, default = models.model_sources()
-    return {name: resolve_source(src) for name, src in sources.items()}, default
+    return {name: resolve_source(src, fetch=fetch) for name, src in sources.items()}, default
+
+
+def _absolute(source: str) -> str:
+    return source if "://" in source else str(_find(source))
 
 
 def serving_config(args: ServeArgs) -> dict[str, Any]:
-    """The hot-swappable part of ``args`` as ``user_config``, paths made absolute (and checked now)."""
-    resolve_models(args)
-    absolute = {k: str(_find(v)) for k, v in (("manifest", args.manifest), ("checkpoint", args.checkpoint)) if v}
+    """The hot-swappable part of ``args`` as ``user_config``, paths made absolute (and checked now; a URI's
+    checkpoint is only checked here, and fetched by each replica on its own node)."""
+    resolve_models(args, fetch=False)
+    absolute = {k: _absolute(v) for k, v in (("manifest", args.manifest), ("checkpoint", args.checkpoint)) if v}
     return ServingConfig(
         **absolute,
-        models={name: str(_find(src)) for name, src in args.models.items()},
+        models={name: _absolute(src) for name, src in args.models.items()},
         default_model=args.default_model,
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
@@ -458,6 +513,7 @@ class LoadedModel:
     predictor: Any
     manifest_doc: dict[str, Any] | None
     loaded_at: float = field(default_factory=time.time)
+    checkpoint_uri: str | None = None  # where a checkpoint on object storage was fetched from
 
     def describe(self) -> dict[str, Any]:
         meta = self.predictor.meta
@@ -474,6 +530,8 @@ class LoadedModel:
             "max_length": self.predictor.max_length,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.loaded_at)) + "Z",
         }
+        if self.checkpoint_uri:
+            out["checkpoint_uri"] = self.checkpoint_uri
         if self.manifest_doc:
             out["val_metrics"] = self.manifest_doc.get("val_metrics", {})
             out["test_metrics"] = self.manifest_doc.get("test_metrics", {})
@@ -483,13 +541,12 @@ class LoadedModel:
 
 def load_model(name: str, spec: dict[str, Any], batch_size: int) -> LoadedModel:
     """Load one model (blocking: call it off the event loop)."""
-    from kosent.manifest import read_manifest
     from kosent.predict import Predictor
 
     predictor = Predictor.from_checkpoint(spec["checkpoint"], batch_size=batch_size)
-    doc = read_manifest(spec["manifest"]) if spec.get("manifest") else None
+    doc = _read_manifest(spec["manifest"]) if spec.get("manifest") else None
     return LoadedModel(name=name, checkpoint=spec["checkpoint"], manifest=spec.get("manifest"),
-                       predictor=predictor, manifest_doc=doc)
+                       predictor=predictor, manifest_doc=doc, checkpoint_uri=spec.get("checkpoint_uri"))
 
 
 class _Slot:

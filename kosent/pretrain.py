@@ -1,0 +1,299 @@
+"""Domain-adaptive pretraining: continue masked-language-model training of the encoder on in-domain text.
+
+    corpus = unlabelled_corpus(cfg)      texts of the dataset minus every validation and test text
+    folder = fit_pretrain(cfg)           Ray Train (same conventions as kosent.ray_train), -> model folder
+    pretrain_loop(cfg, corpus, session)  the loop itself, in-process or in each Ray worker
+
+The output is an ordinary Hugging Face folder (``AutoModelForMaskedLM`` weights + tokenizer, safetensors)
+plus ``kosent_pretrain.json`` (corpus size, overlap check, losses, config). ``kosent train --model
+<folder>`` and sweeps take it as the starting model: the classifier head is new, the encoder is adapted.
+
+Labels are never read for the corpus: only the texts of the labelled file are used, and the validation and
+test texts of ``cfg.data`` (the same split settings the fine-tuning will use) are removed, with the overlap
+checked and recorded as zero. A small slice of the corpus is held out to report ``val_mlm_loss``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForMaskedLM, get_linear_schedule_with_warmup
+
+from kosent import batches
+from kosent.checkpoint import load_training_state, save_training_state
+from kosent.config import PretrainConfig, to_dict
+from kosent.data import load_table, make_splits
+from kosent.train import Session, _optimizer, log, seed_everything
+
+META_FILE = "kosent_pretrain.json"
+
+
+@dataclass
+class Corpus:
+    """Unlabelled texts for pretraining, the held-out slice for ``val_mlm_loss``, and how they were chosen."""
+
+    texts: list[str]
+    holdout: list[str]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def unlabelled_corpus(cfg: PretrainConfig) -> Corpus:
+    """Every distinct text of ``cfg.data`` except its validation and test texts, shuffled, capped."""
+    table = load_table(cfg.data)
+    splits = make_splits(cfg.data, table)  # the fine-tuning splits: their held-out texts must stay unseen
+    excluded = set(splits.validation["text"]) | set(splits.test["text"])
+    distinct = list(dict.fromkeys(table.texts))
+    pool = [t for t in distinct if t not in excluded]
+    random.Random(cfg.seed).shuffle(pool)
+    n_holdout = min(cfg.holdout_size, len(pool) // 10)
+    holdout, rest = pool[:n_holdout], pool[n_holdout:]
+    texts = rest[: cfg.unlabelled_size] if cfg.unlabelled_size else rest
+    overlap = len(excluded.intersection(texts)) + len(excluded.intersection(holdout))
+    if overlap:  # cannot happen by construction; checked because the whole point depends on it
+        raise AssertionError(f"{overlap} validation/test texts leaked into the pretraining corpus")
+    report = {
+        "source": cfg.data.source, "rows": len(table.texts), "distinct_texts": len(distinct),
+        "excluded_validation_and_test": len(excluded), "available": len(pool), "used": len(texts),
+        "holdout": len(holdout), "overlap_with_validation_and_test": overlap,
+        "splits_fingerprint": splits.fingerprint, "labels_read": False,
+    }
+    return Corpus(texts=texts, holdout=holdout, report=report)
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, special: torch.Tensor, mask_id: int,
+                vocab_size: int, probability: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masking: pick ``probability`` of the real tokens; of those 80% -> [MASK], 10% random, 10% kept.
+
+    Returns (inputs, labels) with labels -100 where nothing is predicted.
+    """
+    candidates = attention_mask.bool() & ~torch.isin(input_ids, special)
+    chosen = (torch.rand(input_ids.shape, generator=generator) < probability) & candidates
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    roll = torch.rand(input_ids.shape, generator=generator)
+    inputs = torch.where(chosen & (roll < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    inputs = torch.where(chosen & (roll >= 0.8) & (roll < 0.9), random_ids, inputs)
+    return inputs, labels
+
+
+def load_mlm(name: str, tokenizer: Any) -> Any:
+    """The encoder ``name`` with a masked-LM head (new if the checkpoint has none, as e5's has not)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from kosent.models import e5_offline
+
+    if name == "tiny":  # the test-speed random BERT, same shape as kosent.models.hf.tiny_bert
+        return BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                                          num_attention_heads=2, intermediate_size=128, max_position_embeddings=514,
+                                          pad_token_id=tokenizer.pad_token_id))
+    path = str(e5_offline.resolve(name)) if e5_offline.is_alias(name) else name
+    return AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32)
+
+
+def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list[dict[str, float]]:
+    """MLM training of ``cfg.model`` on ``corpus.texts``; reports losses and a model folder every epoch."""
+    from kosent.models import load_tokenizer
+
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    tokenizer = load_tokenizer(cfg.model)
+    model = load_mlm(cfg.model, tokenizer)
+    enc = batches.encode(tokenizer, corpus.texts, [0] * len(corpus.texts), cfg.max_length)
+    held = batches.encode(tokenizer, corpus.holdout, [0] * len(corpus.holdout), cfg.max_length)
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    pad_id, mask_id, vocab = tokenizer.pad_token_id, tokenizer.mask_token_id, model.config.vocab_size
+
+    steps_per_epoch = batches.num_batches(len(enc), cfg.batch_size, session.world_size)
+    total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 10**12)
+    model.to(session.device)
+    optimizer = _optimizer(model, cfg)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    start_epoch, step, history = 0, 0, []
+    restore = session.restore_dir()
+    if restore is not None:
+        model.load_state_dict(load_file(str(restore / "model.safetensors")), strict=False)
+        progress = load_training_state(restore, optimizer, scheduler)
+        start_epoch, step, history = progress["epoch"], progress["step"], progress["history"]
+    wrapped = session.prepare_model(model)
+    if session.rank == 0:
+        log(f"pretraining {cfg.model} (masked LM) on {len(enc):,} unlabelled texts x {cfg.epochs} epoch(s), "
+            f"{steps_per_epoch} steps/epoch/worker, {session.world_size} worker(s), device {session.device}")
+
+    for epoch in range(start_epoch, cfg.epochs):
+        wrapped.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + session.rank)
+        t0, seen, loss_sum, report_every = time.perf_counter(), 0, 0.0, max(1, steps_per_epoch // 10)
+        stream = batches.iterate(enc, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch,
+                                 rank=session.rank, world_size=session.world_size)
+        for i, (_, batch) in enumerate(stream):
+            inputs, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], special, mask_id, vocab,
+                                         cfg.mlm_probability, gen)
+            out = wrapped(input_ids=inputs.to(session.device), attention_mask=batch["attention_mask"].to(session.device),
+                          labels=labels.to(session.device))
+            if not torch.isfinite(out.loss):
+                raise FloatingPointError(f"MLM loss is {out.loss.item()} at epoch {epoch + 1} step {i + 1}: lr {cfg.lr} diverged")
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(inputs)
+            loss_sum += out.loss.item() * len(inputs)
+            if session.rank == 0 and (i + 1) % report_every == 0:
+                rate = seen / (time.perf_counter() - t0)
+                log(f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} mlm loss {loss_sum / seen:.4f} "
+                    f"{rate * session.world_size:.1f} texts/s, epoch eta {(steps_per_epoch - i - 1) * cfg.batch_size / rate:.0f}s")
+            if step >= total:
+                break
+        seconds = time.perf_counter() - t0
+        totals = session.gather((seen, loss_sum))
+        seen_all = sum(t[0] for t in totals)
+        metrics = {"epoch": epoch + 1, "step": step, "train_mlm_loss": sum(t[1] for t in totals) / max(1, seen_all),
+                   "val_mlm_loss": _holdout_loss(model, held, special, mask_id, vocab, cfg, pad_id, session.device),
+                   "samples_per_second": seen_all / max(seconds, 1e-9), "epoch_seconds": seconds}
+        history.append(metrics)
+        folder = None
+        if session.rank == 0:
+            log(f"epoch {epoch + 1}/{cfg.epochs} train_mlm_loss {metrics['train_mlm_loss']:.4f} "
+                f"val_mlm_loss {metrics['val_mlm_loss']:.4f} {metrics['samples_per_second']:.1f} texts/s ({seconds:.0f}s)")
+            folder = Path(tempfile.mkdtemp(prefix="kosent-pretrain-"))
+            save_model_folder(folder, model, tokenizer, cfg, corpus.report, history)
+            save_training_state(folder, optimizer, scheduler, {"epoch": epoch + 1, "step": step, "history": history,
+                                                               "best": 0.0, "bad_epochs": 0})
+        session.report(metrics, folder)
+        if step >= total:
+            break
+    return history
+
+
+@torch.inference_mode()
+def _holdout_loss(model: torch.nn.Module, held: batches.Encoded, special: torch.Tensor, mask_id: int, vocab: int,
+                  cfg: PretrainConfig, pad_id: int, device: torch.device) -> float:
+    """MLM loss on the held-out texts with a fixed masking, so epochs (and runs) compare."""
+    if not len(held):
+        return float("nan")
+    model.eval()
+    gen = torch.Generator().manual_seed(12345)
+    total, n = 0.0, 0
+    for _, batch in batches.iterate(held, cfg.eval_batch_size, pad_id, shuffle=False):
+        inputs, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], special, mask_id, vocab,
+                                     cfg.mlm_probability, gen)
+        k = int((labels != -100).sum())
+        if k:
+            out = model(input_ids=inputs.to(device), attention_mask=batch["attention_mask"].to(device),
+                        labels=labels.to(device))
+            total, n = total + out.loss.item() * k, n + k
+    model.train()
+    return total / max(1, n)
+
+
+def save_model_folder(folder: Path, model: Any, tokenizer: Any, cfg: PretrainConfig, corpus_report: dict[str, Any],
+                      history: list[dict[str, float]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    doc = {"kind": "domain-adaptive MLM pretraining", "base_model": cfg.model, "corpus": corpus_report,
+           "history": history, "config": to_dict(cfg)}
+    (folder / META_FILE).write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# Ray Train
+# --------------------------------------------------------------------------------------------------
+
+
+def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
+    from kosent.config import from_dict
+    from kosent.ray_train import RaySession
+
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    corpus = Corpus(texts=config["texts"], holdout=config["holdout"], report=config["report"])
+    if cfg.threads is None:
+        import os
+
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cfg.cpus_per_worker or 1)))
+    session = RaySession(seed=cfg.seed)
+    try:
+        pretrain_loop(cfg, corpus, session)
+    finally:
+        session.cleanup()
+
+
+def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
+    """Check, build the corpus, pretrain with Ray Train, copy the last epoch's folder to ``out``; return it."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from kosent.ray_train import (
+        CONTROLLER_FAILURE_LIMIT,
+        _local_copy,
+        _with_run_location,
+        _worker_env,
+        check_resources,
+        check_storage,
+        connect,
+        resolve_model,
+    )
+
+    connect()
+    cfg = _with_run_location(cfg)
+    resolve_model(cfg.model)
+    check_storage(cfg.storage_path)
+    check_resources(cfg)
+    corpus = unlabelled_corpus(cfg)
+    log(f"corpus: {corpus.report['used']:,} texts of {corpus.report['available']:,} available "
+        f"({corpus.report['excluded_validation_and_test']:,} validation/test texts excluded, overlap "
+        f"{corpus.report['overlap_with_validation_and_test']}), {corpus.report['holdout']:,} held out")
+    resources = {"CPU": float(cfg.cpus_per_worker)} | ({"GPU": 1.0} if cfg.use_gpu else {})
+    trainer = TorchTrainer(
+        pretrain_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "texts": corpus.texts, "holdout": corpus.holdout,
+                           "report": corpus.report},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.name, storage_path=cfg.storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
+            worker_runtime_env={"env_vars": _worker_env(cfg)},
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise ray.train.TrainingFailedError(f"pretraining run {cfg.name} ended without a checkpoint: {result.error}")
+    src = _local_copy(result.checkpoint, cfg.name)
+    dest = Path(out) if out else Path(cfg.storage_path) / cfg.name / "model"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("training_state"))
+    history = json.loads((dest / META_FILE).read_text(encoding="utf-8"))["history"]
+    losses = ", ".join(f"{h['val_mlm_loss']:.4f}" for h in history)
+    log(f"pretrained model folder: {dest} (val_mlm_loss per epoch: {losses})")
+    return dest
+
+
+def mlm_loss_of(model_name: str, corpus: Corpus, cfg: PretrainConfig) -> float:
+    """``val_mlm_loss`` of any model on the corpus's held-out texts (e.g. the base model, for comparison)."""
+    from kosent.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_name)
+    model = load_mlm(model_name, tokenizer)
+    held = batches.encode(tokenizer, corpus.holdout, [0] * len(corpus.holdout), cfg.max_length)
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    return _holdout_loss(model, held, special, tokenizer.mask_token_id, model.config.vocab_size, cfg,
+                         tokenizer.pad_token_id, torch.device("cpu"))
+
+
+__all__ = ["Corpus", "fit_pretrain", "mask_tokens", "mlm_loss_of", "pretrain_loop", "unlabelled_corpus"]

@@ -176,13 +176,15 @@ class SweepResult:
 
 def _absolute(base: TrainConfig) -> TrainConfig:
     """Trials run with the trial folder as working directory: make every local path absolute."""
+    from kosent.models import ALIASES
+
     changes: dict[str, Any] = {}
     data: dict[str, Any] = {}
     if base.data.path and "://" not in base.data.path:
         data["path"] = str(Path(base.data.path).expanduser().resolve())
-    elif base.data.source and Path(base.data.source).expanduser().exists():
+    elif base.data.source and base.data.source not in ("nsmc", "kmhas") and Path(base.data.source).expanduser().exists():
         data["source"] = str(Path(base.data.source).expanduser().resolve())
-    if Path(base.model).expanduser().exists():
+    if base.model not in ALIASES and Path(base.model).expanduser().exists():  # an alias wins over ./tiny/
         changes["model"] = str(Path(base.model).expanduser().resolve())
     if data:
         changes["data"] = dataclasses.replace(base.data, **data)

@@ -100,6 +100,10 @@ class PretrainConfig(TrainConfig):
     mlm_probability: float = 0.15
     unlabelled_size: int | None = 20000
     holdout_size: int = 500
+    # Share of the steps that train the masked-LM head alone (the encoder's gradients are dropped; the
+    # decoder is tied to the word embeddings, so only the head's transform and bias learn). e5 ships without
+    # that head: gradients from a random head would otherwise pull the encoder off course (docs/IMPROVING.md).
+    head_warmup_ratio: float = 0.3
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -124,6 +124,8 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
         model.load_state_dict(load_file(str(restore / "model.safetensors")), strict=False)
         progress = load_training_state(restore, optimizer, scheduler)
         start_epoch, step, history = progress["epoch"], progress["step"], progress["history"]
+    head_steps = int(cfg.head_warmup_ratio * total)
+    encoder = [p for n, p in model.named_parameters() if not n.startswith("cls.")]
     wrapped = session.prepare_model(model)
     if session.rank == 0:
         log(f"pretraining {cfg.model} (masked LM) on {len(enc):,} unlabelled texts x {cfg.epochs} epoch(s), "
@@ -143,11 +145,17 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"MLM loss is {out.loss.item()} at epoch {epoch + 1} step {i + 1}: lr {cfg.lr} diverged")
             out.loss.backward()
+            if step < head_steps:  # head warm-up: drop the encoder's gradients, so AdamW leaves it untouched
+                for p in encoder:
+                    p.grad = None
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if step == head_steps:
+                if session.rank == 0:
+                    log(f"step {step}: masked-LM head warmed up; training the encoder too")
             seen += len(inputs)
             loss_sum += out.loss.item() * len(inputs)
             if session.rank == 0 and (i + 1) % report_every == 0:

@@ -4,15 +4,17 @@ model folder, and training accepts that folder as its starting model."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import kosent.pretrain as pretrain_mod
 from kosent.config import DataConfig, PretrainConfig, TrainConfig
 from kosent.data import make_splits
-from kosent.pretrain import fit_pretrain, mask_tokens, unlabelled_corpus
-from kosent.train import fit_local
+from kosent.pretrain import fit_pretrain, mask_tokens, pretrain_loop, unlabelled_corpus
+from kosent.train import Session, fit_local
 
 DATA = DataConfig(train_size=300, val_size=100, test_size=200)
 
@@ -64,3 +66,31 @@ def test_pretrain_job_output_is_a_starting_model_for_training(ray_cluster, tmp_p
     tuned = load_file(str(result.checkpoint / "model.safetensors"))
     key = "bert.encoder.layer.0.attention.self.query.weight"
     assert (tuned[key] - adapted[key]).abs().max().item() < 1e-2
+
+
+class _Recorder(Session):
+    """The in-process session, keeping the reported metrics instead of checkpoints."""
+
+    def report(self, metrics, checkpoint_dir):  # noqa: ANN001, ANN201
+        self.reports = [*getattr(self, "reports", []), metrics]
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def test_head_warm_up_leaves_the_encoder_untouched(nsmc_path, monkeypatch):
+    corpus = unlabelled_corpus(PretrainConfig(data=DATA, unlabelled_size=64, holdout_size=16))
+    torch.manual_seed(0)
+    cfg = PretrainConfig(model="tiny", data=DATA, batch_size=16, max_length=32, max_steps=4, lr=1e-3,
+                         head_warmup_ratio=1.0, warmup_ratio=0.0)
+    captured = {}
+    real = pretrain_mod.load_mlm
+
+    def keep(name, tokenizer):  # noqa: ANN001, ANN202
+        captured["model"] = real(name, tokenizer)
+        captured["before"] = {n: p.detach().clone() for n, p in captured["model"].named_parameters()}
+        return captured["model"]
+
+    monkeypatch.setattr(pretrain_mod, "load_mlm", keep)  # to see the weights before and after, not a mock
+    pretrain_loop(cfg, corpus, _Recorder())
+    after = dict(captured["model"].named_parameters())
+    changed = {n for n, p in after.items() if not torch.equal(p.detach(), captured["before"][n])}
+    assert changed and all(n.startswith("cls.") for n in changed), changed

@@ -20,27 +20,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from procs import descendants  # tests/integration/procs.py
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 PORT, DASHBOARD_PORT, CLIENT_PORT, AGENT_PORT = 6390, 8275, 6391, 52390
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc; psutil is not a dependency)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -54,7 +38,7 @@ def _alive(pid: int) -> bool:
 def _stop_cluster(head: subprocess.Popen) -> None:
     """SIGTERM the `ray start --block` process (it shuts its node down), then SIGKILL any leftover
     process of that tree, by id."""
-    tree = _descendants(head.pid)
+    tree = descendants(head.pid)
     if head.poll() is None:
         head.send_signal(signal.SIGTERM)
         try:

@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from procs import decode, descendants, socket_inodes, tcp_rows  # tests/integration/procs.py
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = dict(train_size=200, val_size=100, test_size=100)
@@ -53,26 +54,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _kill_tree(proc: subprocess.Popen) -> None:
     """SIGKILL the child and everything it started, by pid (never by name)."""
-    for pid in [*_descendants(proc.pid), proc.pid]:
+    for pid in [*descendants(proc.pid), proc.pid]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -222,41 +206,16 @@ def test_train_tune_serve_across_nodes_with_s3_storage(s3_server, nsmc_path, tmp
 # --------------------------------------------------------------------------------------------------
 
 
-def _decode(hexaddr: str) -> tuple[str, int]:
-    host, port = hexaddr.split(":")
-    raw = b"".join(bytes.fromhex(host[i : i + 8])[::-1] for i in range(0, len(host), 8))
-    ip = ipaddress.ip_address(raw)
-    ip = getattr(ip, "ipv4_mapped", None) or ip
-    return str(ip), int(port, 16)
-
-
 def _socket_report(root: int) -> dict:
     """Every TCP socket held by ``root`` and its descendants: local and remote ends must be loopback
     (listening sockets have no remote end: only their local address counts)."""
-    inodes: set[str] = set()
-    for pid in [root, *_descendants(root)]:
-        try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
     checked, bad = 0, []
-    for table in ("tcp", "tcp6"):
-        for line in Path(f"/proc/{root}/net/{table}").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[9] not in inodes:
-                continue
-            checked += 1
-            local, remote, listening = _decode(fields[1]), _decode(fields[2]), fields[3] == "0A"
-            ends = [local] if listening else [local, remote]
-            if not all(ipaddress.ip_address(ip).is_loopback for ip, _ in ends):
-                bad.append({"local": local, "remote": remote, "listening": listening})
+    for fields in tcp_rows(root, socket_inodes([root, *descendants(root)])):
+        checked += 1
+        local, remote, listening = decode(fields[1]), decode(fields[2]), fields[3] == "0A"
+        ends = [local] if listening else [local, remote]
+        if not all(ipaddress.ip_address(ip).is_loopback for ip, _ in ends):
+            bad.append({"local": local, "remote": remote, "listening": listening})
     return {"checked": checked, "not_loopback": bad}
 
 

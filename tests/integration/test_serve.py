@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from procs import decode, socket_inodes, tcp_rows  # tests/integration/procs.py
 
 pytestmark = pytest.mark.ray
 
@@ -52,31 +53,9 @@ def _nsmc_reviews(path: Path, n: int) -> list[str]:
     return texts[:n]
 
 
-def _decode(line: str) -> tuple[str, int]:
-    """Local (address, port) of one /proc/net/tcp{,6} row."""
-    hexaddr, port = line.split()[1].split(":")
-    raw = b"".join(bytes.fromhex(hexaddr[i : i + 8])[::-1] for i in range(0, len(hexaddr), 8))
-    ip = ipaddress.ip_address(raw)
-    ip = getattr(ip, "ipv4_mapped", None) or ip
-    return str(ip), int(port, 16)
-
-
 def _listening(pid: int) -> list[tuple[str, int]]:
-    """(address, port) of every TCP socket process ``pid`` listens on, from /proc (Linux)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    return [
-        _decode(line)
-        for table in ("tcp", "tcp6")
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        if line.split()[3] == "0A" and line.split()[9] in inodes  # 0A: LISTEN
-    ]
+    """(address, port) of every TCP socket process ``pid`` listens on."""
+    return [decode(fields[1]) for fields in tcp_rows(pid, socket_inodes([pid])) if fields[3] == "0A"]  # 0A: LISTEN
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +121,7 @@ def test_replica_and_proxy_listen_on_loopback_only(main_url):
     assert all(ipaddress.ip_address(ip).is_loopback for ip, _ in replica), replica
     port = int(main_url.rsplit(":", 1)[1])
     proxy = [(ip, p) for table in ("tcp", "tcp6") for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]
-             for ip, p in [_decode(line)] if p == port and line.split()[3] == "0A"]
+             for ip, p in [decode(line.split()[1])] if p == port and line.split()[3] == "0A"]
     assert proxy and all(ipaddress.ip_address(ip).is_loopback for ip, _ in proxy), proxy
 
 

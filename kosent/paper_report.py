@@ -262,7 +262,9 @@ def _baselines(result: PaperResult, figs: dict[str, Path], link: Any, image: Any
                 f"The classifier head's input (the pooled first-token vector for BERT models) for "
                 f"{pts.get('points', '?'):,} of the {r.test_rows:,} test reviews (stratified sample), coloured by "
                 f"true label and by prediction (x: wrong). Interactive 3-D views, PCA and t-SNE side by side, "
-                f"plotly.js inlined so the page opens offline: {link(f'{key}_embeddings_3d', 'embeddings_3d.html')}.", "",
+                f"plotly.js inlined so the page opens offline: {link(f'{key}_embeddings_3d', 'embeddings_3d.html')} "
+                f"(written here by the command; about 6 MB, so git ignores it: regenerate it, or open the copy "
+                f"in the run's report folder).", "",
                 image(f"{key}_pca_2d", "PCA"), "", image(f"{key}_tsne_2d", "t-SNE"), ""]
     return out
 

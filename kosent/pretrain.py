@@ -292,16 +292,4 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     return dest
 
 
-def mlm_loss_of(model_name: str, corpus: Corpus, cfg: PretrainConfig) -> float:
-    """``val_mlm_loss`` of any model on the corpus's held-out texts (e.g. the base model, for comparison)."""
-    from kosent.models import load_tokenizer
-
-    tokenizer = load_tokenizer(model_name)
-    model = load_mlm(model_name, tokenizer)
-    held = batches.encode(tokenizer, corpus.holdout, [0] * len(corpus.holdout), cfg.max_length)
-    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    return _holdout_loss(model, held, special, tokenizer.mask_token_id, model.config.vocab_size, cfg,
-                         tokenizer.pad_token_id, torch.device("cpu"))
-
-
-__all__ = ["Corpus", "fit_pretrain", "mask_tokens", "mlm_loss_of", "pretrain_loop", "unlabelled_corpus"]
+__all__ = ["Corpus", "fit_pretrain", "mask_tokens", "pretrain_loop", "unlabelled_corpus"]

@@ -15,6 +15,9 @@ def ray_cluster():
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
+        # A new cluster of the tests' own, even while another runs (say the one `make demo` leaves up):
+        # without this, ray.init joins the machine's latest cluster and refuses num_cpus.
+        address="local",
         num_cpus=2,
         include_dashboard=True,
         dashboard_host="127.0.0.1",

@@ -1,10 +1,13 @@
-"""Ray Tune sweeps over learning rate and dataset scale factor; the best checkpoint is handed to serving.
+"""Ray Tune sweeps over learning rate, dataset scale factor and any other TrainConfig field (``grid``); the
+best checkpoint is handed to serving.
 
-One trial = one ``(lr, scale)`` pair. Its driver is a Tune function trainable holding a token CPU
-(``driver_cpus``); it builds the splits for its scale (:func:`kosent.data.make_splits`: nested training
-subsets, the same validation and test rows at every scale) and runs a Ray Train ``TorchTrainer``
-(:func:`kosent.ray_train.build_trainer`) whose ``TuneReportCallback`` forwards every epoch's metrics and
-checkpoint path to Tune. This is the Train V2 pattern: ``Tuner(trainer)`` is not supported in Ray 2.60.
+One trial = one ``(lr, scale)`` pair, plus one value of each ``SweepConfig.grid`` field (``{"warmup_ratio":
+[0.0, 0.1], "model": ["e5-small-ko", "/abs/dapt-folder"]}``: every combination is a trial). Its driver is a
+Tune function trainable holding a token CPU (``driver_cpus``); it builds the splits for its scale
+(:func:`kosent.data.make_splits`: nested training subsets, the same validation and test rows at every scale)
+and runs a Ray Train ``TorchTrainer`` (:func:`kosent.ray_train.build_trainer`) whose ``TuneReportCallback``
+forwards every epoch's metrics and checkpoint path to Tune. This is the Train V2 pattern: ``Tuner(trainer)``
+is not supported in Ray 2.60.
 
 ASHA (on ``val_macro_f1``, ``time_attr="epoch"``) stops weak trials after ``grace_period`` epochs. A trial
 that fails (for instance ``FloatingPointError`` from a diverging loss) is recorded with its reason and
@@ -35,6 +38,9 @@ import json
 import math
 import re
 import time
+import types
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +57,11 @@ ERROR_FILE = "kosent_error.json"  # written by a trial that failed: the reason i
 TABLE_COLUMNS = [
     "trial_id", "lr", "scale", "train_rows", "epochs_run", "best_epoch", "val_macro_f1", "val_accuracy",
     "val_loss", "train_loss", "status", "outcome", "error", "seconds", "checkpoint",
-]
+]  # plus one column per grid field after "scale" (table_columns); a sweep without a grid has exactly these
+# TrainConfig fields a grid may not hold: the sweep sets them itself (lr, the scale inside data, where each trial
+# writes) or they size a trial's resources, which must be the same for every trial (concurrency, preflight).
+RESERVED_GRID_KEYS = ("lr", "scale", "data", "storage_path", "name", "resume", "num_workers", "use_gpu",
+                      "cpus_per_worker")
 
 
 class SweepError(RuntimeError):
@@ -68,8 +78,11 @@ class SweepConfig:
 
     ``lrs`` is a grid of learning rates; with ``lrs=None`` learning rates are drawn log-uniformly from
     ``[lr_min, lr_max]``, ``num_samples`` per scale. ``scales`` (multiples of ``data.train_size``) is
-    always a grid. ``max_concurrent_trials=None`` fits as many trials as the cluster's CPUs allow: a
-    trial costs ``num_workers * cpus_per_worker`` CPUs, of which ``driver_cpus`` go to the trial driver.
+    always a grid. ``grid`` maps other TrainConfig fields to the values to try (each a grid dimension too:
+    ``{"epochs": [2, 3], "pooling": ["cls", "mean"]}`` makes four trials per lr and scale); values are
+    checked against the field's type (:func:`check_grid`). ``max_concurrent_trials=None`` fits as many trials
+    as the cluster's CPUs allow: a trial costs ``num_workers * cpus_per_worker`` CPUs, of which ``driver_cpus``
+    go to the trial driver.
     """
 
     lrs: list[float] | None = field(default_factory=lambda: [2e-5, 5e-5, 1e-4])
@@ -77,6 +90,7 @@ class SweepConfig:
     lr_max: float = 3e-4
     num_samples: int = 1
     scales: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    grid: dict[str, list[Any]] = field(default_factory=dict)
     asha: bool = True
     grace_period: int = 1
     reduction_factor: float = 2.0
@@ -94,6 +108,7 @@ class SweepConfig:
             raise SweepError(f"need 0 < lr_min < lr_max, got {self.lr_min} and {self.lr_max}")
         if not self.scales or any(int(s) != s or s < 1 for s in self.scales):
             raise SweepError(f"scales must be a non-empty list of integers >= 1, got {self.scales}")
+        check_grid(self.grid)
         if self.num_samples < 1:
             raise SweepError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.grace_period < 1:
@@ -107,7 +122,148 @@ class SweepConfig:
             )
 
     def num_trials(self) -> int:
-        return len(self.scales) * self.num_samples * (len(self.lrs) if self.lrs is not None else 1)
+        return (len(self.scales) * self.num_samples * (len(self.lrs) if self.lrs is not None else 1)
+                * math.prod(len(values) for values in self.grid.values()))
+
+
+# --------------------------------------------------------------------------------------------------
+# The grid: extra TrainConfig fields swept alongside lr and scale
+# --------------------------------------------------------------------------------------------------
+
+_SIMPLE = (bool, int, float, str)
+_A = {bool: "a bool", int: "an int", float: "a float", str: "a str"}
+
+
+def _field_types() -> dict[str, Any]:
+    """TrainConfig field -> its type hint, over whatever fields TrainConfig has today."""
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _simple_type(hint: Any) -> tuple[type | None, bool]:
+    """``(bool/int/float/str, None allowed)`` for a field's type hint; ``(None, ...)`` when it is not that simple
+    (a dict, a dataclass, a union of several types): such values are passed through unchecked."""
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else None
+    return (hint if hint in _SIMPLE else None), optional
+
+
+def _check_key(key: Any, fields: dict[str, Any]) -> None:
+    if key in RESERVED_GRID_KEYS:
+        raise SweepError(f"grid: '{key}' cannot be in the grid: "
+                         + ("use lrs (--lrs) or lr_min/lr_max" if key == "lr" else
+                            "use scales (--scales)" if key in ("scale", "data") else
+                            "it is set by the sweep or sizes every trial alike")
+                         + f" (not allowed in a grid: {', '.join(RESERVED_GRID_KEYS)})")
+    if key not in fields:
+        known = [k for k in fields if k not in RESERVED_GRID_KEYS]
+        raise SweepError(f"grid: unknown TrainConfig field '{key}'; known: {', '.join(known)}")
+
+
+def _check_value(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type (an int for a float field becomes a float), or SweepError naming it."""
+    kind, optional = _simple_type(hint)
+    if value is None:
+        if optional or kind is None:
+            return None
+        raise SweepError(f"grid: {key}={value!r}: {key} cannot be None (it takes {_A[kind]})")
+    if kind is None:
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise SweepError(f"grid: {key}={value!r} is {_A.get(type(value), type(value).__name__)}; {key} takes "
+                     f"{_A[kind]}{' or None' if optional else ''}")
+
+
+def check_grid(grid: Any) -> dict[str, list[Any]]:
+    """The grid with every key checked (a TrainConfig field the sweep does not set itself) and every list
+    checked (non-empty, no repeats, values of the field's type); SweepError names the first problem."""
+    if not isinstance(grid, dict):
+        raise SweepError(f"grid must be a mapping of TrainConfig field -> list of values, got {grid!r}")
+    fields = _field_types()
+    out: dict[str, list[Any]] = {}
+    for key, values in grid.items():
+        _check_key(key, fields)
+        if not isinstance(values, (list, tuple)) or not values:
+            raise SweepError(f"grid: {key} needs a non-empty list of values, got {values!r}")
+        checked = [_check_value(key, v, fields[key]) for v in values]
+        repeated = [v for i, v in enumerate(checked) if v in checked[:i]]
+        if repeated:
+            raise SweepError(f"grid: {key} lists {repeated[0]!r} twice (to repeat trials use num_samples)")
+        out[key] = checked
+    return out
+
+
+def _parse_value(key: str, text: str, hint: Any) -> Any:
+    kind, optional = _simple_type(hint)
+    if kind is None:
+        raise SweepError(f"grid: {key} ({hint}) cannot be given as KEY=V1,V2; put it under grid: in the "
+                         "--sweep-config YAML")
+    if optional and text.lower() == "none":
+        return None
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise SweepError(f"grid: {key}={text!r}: {key} takes true or false")
+        return text.lower() == "true"
+    if kind is str:
+        return text
+    try:
+        return kind(text)
+    except ValueError:
+        raise SweepError(f"grid: {key}={text!r}: {key} takes {_A[kind]}"
+                         f"{' or none' if optional else ''}") from None
+
+
+def parse_grid(items: Iterable[str]) -> dict[str, list[Any]]:
+    """The grid written as ``KEY=V1,V2`` strings (the ``--grid`` flag): each value parsed as its field's type
+    (``true``/``false`` for a bool, ``none`` for a field that may be None), then :func:`check_grid`."""
+    fields = _field_types()
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SweepError(f"grid: '{item}' is not KEY=V1,V2 (e.g. warmup_ratio=0.0,0.1)")
+        _check_key(key, fields)
+        if key in grid:
+            raise SweepError(f"grid: {key} given twice; list its values once, comma-separated")
+        pieces = [p.strip() for p in text.split(",")]
+        if any(not p for p in pieces):
+            raise SweepError(f"grid: '{item}' has an empty value; write {key}=V1,V2")
+        grid[key] = [_parse_value(key, p, fields[key]) for p in pieces]
+    return check_grid(grid)
+
+
+def max_epochs(sweep: SweepConfig, base: TrainConfig) -> int:
+    """The most epochs any trial runs: ASHA's ``max_t`` (its time_attr is the epoch)."""
+    return max(int(e) for e in sweep.grid["epochs"]) if "epochs" in sweep.grid else base.epochs
+
+
+def table_columns(grid_keys: Iterable[str] = ()) -> list[str]:
+    """TABLE_COLUMNS with one column per grid field after lr and scale (a sweep without a grid: unchanged)."""
+    i = TABLE_COLUMNS.index("scale") + 1
+    return TABLE_COLUMNS[:i] + list(grid_keys) + TABLE_COLUMNS[i:]
+
+
+def _grid_keys(rows: Iterable[TrialRow]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r.params))
+
+
+def _slug(key: str, value: Any) -> str:
+    """A grid value as a short, folder-name safe string: a model path becomes its (last) folder name."""
+    if isinstance(value, float):
+        text = f"{value:.3g}"
+    elif isinstance(value, str) and (key == "model" or "/" in value):
+        text = value.rstrip("/").rsplit("/", 1)[-1] or value
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:32] or "_"
 
 
 @dataclass
@@ -129,12 +285,15 @@ class TrialRow:
     error: str
     seconds: float | None
     checkpoint: str | None
+    params: dict[str, Any] = field(default_factory=dict)  # the trial's grid values (SweepConfig.grid)
     path: str = ""
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
     val_metrics: dict[str, float] = field(default_factory=dict, repr=False)
 
-    def table_values(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in TABLE_COLUMNS}
+    def table_values(self, columns: list[str] | None = None) -> dict[str, Any]:
+        """Values for ``columns`` (default: TABLE_COLUMNS and this trial's grid fields)."""
+        values = {name: getattr(self, name) for name in TABLE_COLUMNS} | self.params
+        return {c: values.get(c) for c in (columns or table_columns(self.params))}
 
 
 @dataclass
@@ -158,7 +317,7 @@ class SweepResult:
         best = None
         if self.best is not None:
             best = {"trial_id": self.best.trial_id, "lr": self.best.lr, "scale": self.best.scale,
-                    "epoch": self.best.best_epoch, "val_macro_f1": self.best.val_macro_f1,
+                    "grid": self.best.params, "epoch": self.best.best_epoch, "val_macro_f1": self.best.val_macro_f1,
                     "checkpoint": self.best.checkpoint}
         return {
             "sweep": self.location or str(self.path), "manifest": str(self.manifest) if self.manifest else None,
@@ -174,28 +333,48 @@ class SweepResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _absolute(base: TrainConfig) -> TrainConfig:
-    """Trials run with the trial folder as working directory: make every local path absolute."""
+# TrainConfig fields that may name a local folder (a model, a teacher checkpoint): made absolute for trials.
+_PATH_FIELDS = ("model", "teacher")
+
+
+def _absolute_path(value: Any) -> Any:
+    """``value`` made absolute when it names an existing local path; an alias (``tiny``) wins over ./tiny/."""
     from kosent.models import ALIASES
 
+    if isinstance(value, str) and value not in ALIASES and "://" not in value and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def _absolute_grid(grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Local folders in the grid, made absolute like the base config's (trials run in their own folders)."""
+    return {k: [_absolute_path(v) for v in values] if k in _PATH_FIELDS else values for k, values in grid.items()}
+
+
+def _absolute(base: TrainConfig) -> TrainConfig:
+    """Trials run with the trial folder as working directory: make every local path absolute."""
     changes: dict[str, Any] = {}
     data: dict[str, Any] = {}
     if base.data.path and "://" not in base.data.path:
         data["path"] = str(Path(base.data.path).expanduser().resolve())
     elif base.data.source and base.data.source not in ("nsmc", "kmhas") and Path(base.data.source).expanduser().exists():
         data["source"] = str(Path(base.data.source).expanduser().resolve())
-    if base.model not in ALIASES and Path(base.model).expanduser().exists():  # an alias wins over ./tiny/
-        changes["model"] = str(Path(base.model).expanduser().resolve())
+    for name in _PATH_FIELDS:
+        value = getattr(base, name, None)
+        if _absolute_path(value) != value:
+            changes[name] = _absolute_path(value)
     if data:
         changes["data"] = dataclasses.replace(base.data, **data)
     return dataclasses.replace(base, **changes)
 
 
-def trial_config(base: TrainConfig, lr: float, scale: int, worker_cpus: float, trial_dir: str | Path) -> TrainConfig:
-    """The TrainConfig of one trial: ``base`` with the trial's lr and scale; Train writes to the trial folder
-    (a local folder or a URI)."""
+def trial_config(base: TrainConfig, lr: float, scale: int, worker_cpus: float, trial_dir: str | Path,
+                 grid: dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig of one trial: ``base`` with the trial's lr, scale and grid values (one value per grid
+    field); Train writes to the trial folder (a local folder or a URI)."""
     return dataclasses.replace(
         base,
+        **(grid or {}),
         lr=float(lr),
         cpus_per_worker=worker_cpus,
         storage_path=str(trial_dir) if is_uri(trial_dir) else str(Path(trial_dir).resolve()),
@@ -231,6 +410,8 @@ def search_space(sweep: SweepConfig, base: TrainConfig) -> dict[str, Any]:
     return {
         "lr": lr,
         "scale": tune.grid_search([int(s) for s in sweep.scales]),
+        # Only with a grid: the trials of a sweep without one keep the config they always had.
+        **({"grid": {k: tune.grid_search(list(v)) for k, v in sweep.grid.items()}} if sweep.grid else {}),
         # Constants travel in the trial config so a resumed sweep needs nothing but its folder.
         "worker_cpus": worker_cpus(sweep, base),
         "base": to_dict(base),
@@ -312,7 +493,7 @@ def _trial(config: dict[str, Any]) -> None:
     if not is_uri(trial_dir):
         Path(trial_dir).mkdir(parents=True, exist_ok=True)
     base = from_dict(TrainConfig, config["base"])
-    cfg = trial_config(base, config["lr"], config["scale"], config["worker_cpus"], trial_dir)
+    cfg = trial_config(base, config["lr"], config["scale"], config["worker_cpus"], trial_dir, config.get("grid"))
     # A trial restarted after an interruption finds its Train run folder: Train resumes it from the last
     # epoch checkpoint instead of starting over.
     cfg = dataclasses.replace(cfg, resume=exists(f"{trial_dir}/{cfg.name}"))
@@ -422,8 +603,11 @@ def _janitor_callback():
 
 
 def _trial_dirname(trial: Any) -> str:
-    """``<trial id>_lr=5e-05_scale=2``: Tune's default name rounds the lr to four decimals (5e-05 -> 0.0001)."""
-    return f"{trial.trial_id}_lr={float(trial.config['lr']):.3g}_scale={int(trial.config['scale'])}"
+    """``<trial id>_lr=5e-05_scale=2[_warmup_ratio=0.1_model=dapt]``: Tune's default name rounds the lr to four
+    decimals (5e-05 -> 0.0001). Grid values are shortened; the trial id keeps every name unique."""
+    name = f"{trial.trial_id}_lr={float(trial.config['lr']):.3g}_scale={int(trial.config['scale'])}"
+    name += "".join(f"_{k}={_slug(k, v)}" for k, v in (trial.config.get("grid") or {}).items())
+    return name[:200]
 
 
 def _trainable(sweep: SweepConfig):
@@ -460,7 +644,8 @@ def _preflight(sweep: SweepConfig, base: TrainConfig) -> None:
     from kosent.data import make_splits
     from kosent.ray_train import check_resources, resolve_model
 
-    resolve_model(base.model)
+    for model in dict.fromkeys([base.model, *sweep.grid.get("model", [])]):
+        resolve_model(model)
     make_splits(dataclasses.replace(base.data, scale=max(sweep.scales)))
     check_resources(dataclasses.replace(base, cpus_per_worker=worker_cpus(sweep, base)))
 
@@ -496,6 +681,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, callbacks: list | None = No
         base = _absolute(base)
         sweep = dataclasses.replace(sweep, name=sweep.name or f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
         sweep.validate(base)
+        sweep = dataclasses.replace(sweep, grid=_absolute_grid(check_grid(sweep.grid)))
         location = sweep_location(sweep)
         if tune.Tuner.can_restore(location):
             raise SweepError(f"{location} already holds a sweep: resume it (--resume) or choose another --name")
@@ -505,8 +691,9 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, callbacks: list | None = No
         _save_sweep(location, sweep, base)
         limit = concurrency(sweep, base)
         if sweep.asha:
+            max_t = max_epochs(sweep, base)
             scheduler = ASHAScheduler(
-                time_attr="epoch", max_t=base.epochs, grace_period=min(sweep.grace_period, base.epochs),
+                time_attr="epoch", max_t=max_t, grace_period=min(sweep.grace_period, max_t),
                 reduction_factor=sweep.reduction_factor,
                 # A trial at its last epoch ends by itself: stopping it would kill its Train run mid-exit.
                 stop_last_trials=False,
@@ -515,7 +702,8 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, callbacks: list | None = No
             scheduler = FIFOScheduler()
         _log(
             f"sweep {location}: {sweep.num_trials()} trials (lr {sweep.lrs or f'log-uniform {sweep.lr_min}..{sweep.lr_max}'}"
-            f" x scale {sweep.scales}), {base.epochs} epochs each, {limit} at a time, "
+            f" x scale {sweep.scales}{''.join(f' x {k} {v}' for k, v in sweep.grid.items())}), "
+            f"{'' if 'epochs' in sweep.grid else f'{base.epochs} epochs each, '}{limit} at a time, "
             f"{'ASHA grace ' + str(sweep.grace_period) if sweep.asha else 'no early stopping'}"
         )
         tuner = tune.Tuner(
@@ -586,10 +774,11 @@ def collect_trials(path: str | Path, base: TrainConfig, location: str | None = N
             if (trial_path / ERROR_FILE).is_file():
                 error = json.loads((trial_path / ERROR_FILE).read_text(encoding="utf-8")).get("error", "")
             error = error or _tune_error(trial_path)
+        params = dict(trial.config.get("grid") or {})
         if trial.status == "ERROR":
             outcome = "failed"
         elif trial.status == "TERMINATED":
-            finished = (trial_path / FINISHED_FILE).is_file() or epochs_run >= base.epochs
+            finished = (trial_path / FINISHED_FILE).is_file() or epochs_run >= int(params.get("epochs", base.epochs))
             outcome = "completed" if finished else "early_stopped"
         else:
             outcome = "unfinished"
@@ -608,14 +797,20 @@ def collect_trials(path: str | Path, base: TrainConfig, location: str | None = N
             status=trial.status, outcome=outcome, error=error,
             seconds=_num(history[-1].get("time_total_s")) if history else None,
             checkpoint=str(checkpoint) if isinstance(checkpoint, str) and checkpoint else None,
-            path=str(trial_path),
+            params=params, path=str(trial_path),
             history=[{k: v for k, v in h.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
                      for h in history],
             val_metrics={k: v for k, v in (best or {}).items()
                          if (k.startswith("val_") or k == "epoch") and _num(v) is not None},
         ))
-    rows.sort(key=lambda r: (r.scale, r.lr, r.trial_id))
+    rows.sort(key=lambda r: (r.scale, r.lr, _params_order(r.params), r.trial_id))
     return rows
+
+
+def _params_order(params: dict[str, Any]) -> tuple:
+    """Sorts trials by their grid values (numbers by value, anything else by text; None first)."""
+    return tuple((v is not None, 0 if isinstance(v, (int, float)) else 1,
+                  v if isinstance(v, (int, float)) else str(v)) for _, v in sorted(params.items()))
 
 
 def _tune_error(trial_path: Path) -> str:
@@ -660,14 +855,19 @@ def pick_best(rows: list[TrialRow]) -> TrialRow | None:
 
 
 def asha_savings(rows: list[TrialRow], epochs: int, expected_trials: int | None = None) -> dict[str, Any]:
-    """Trial-epochs (and training rows processed) run versus the full grid of trials x epochs."""
+    """Trial-epochs (and training rows processed) run versus the full grid of trials x epochs.
+
+    ``epochs`` is every trial's epochs, except where a trial has its own (an ``epochs`` grid); trials not
+    started yet count ``epochs`` (pass the grid's largest)."""
+    own = [int(r.params.get("epochs", epochs)) for r in rows]
     run = sum(r.epochs_run for r in rows)
-    full = max(len(rows), expected_trials or 0) * epochs
+    full = sum(own) + max(0, (expected_trials or 0) - len(rows)) * epochs
     rows_run = sum(r.epochs_run * r.train_rows for r in rows)
-    rows_full = sum(epochs * r.train_rows for r in rows)
+    rows_full = sum(e * r.train_rows for e, r in zip(own, rows, strict=True))
+    varied = sorted(set(own) | {epochs}) if any("epochs" in r.params for r in rows) else []
     return {
         "trials": max(len(rows), expected_trials or 0),
-        "epochs_per_trial": epochs,
+        "epochs_per_trial": varied if len(varied) > 1 else epochs,
         "trial_epochs_run": run,
         "trial_epochs_full_grid": full,
         "trial_epochs_saved": full - run,
@@ -689,24 +889,26 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_table(rows: list[TrialRow], folder: str | Path) -> tuple[Path, Path]:
-    """``trials.csv`` (full precision) and ``trials.md`` (rounded) in ``folder``."""
+def write_table(rows: list[TrialRow], folder: str | Path, grid_keys: Iterable[str] | None = None) -> tuple[Path, Path]:
+    """``trials.csv`` (full precision) and ``trials.md`` (rounded) in ``folder``, with a column per grid field
+    (``grid_keys``, default: those the rows have)."""
     folder = Path(folder)
     csv_path, md_path = folder / "trials.csv", folder / "trials.md"
+    columns = table_columns(_grid_keys(rows) if grid_keys is None else grid_keys)
     with csv_path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in r.table_values().items()})
-    md_path.write_text(markdown_table(rows) + "\n", encoding="utf-8")
+            writer.writerow({k: ("" if v is None else v) for k, v in r.table_values(columns).items()})
+    md_path.write_text(markdown_table(rows, [c for c in columns if c != "checkpoint"]) + "\n", encoding="utf-8")
     return csv_path, md_path
 
 
 def markdown_table(rows: list[TrialRow], columns: list[str] | None = None) -> str:
-    columns = columns or [c for c in TABLE_COLUMNS if c != "checkpoint"]
+    columns = columns or [c for c in table_columns(_grid_keys(rows)) if c != "checkpoint"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        values = r.table_values()
+        values = r.table_values(columns)
         cells = [_fmt(values[c]).replace("|", "\\|").replace("\n", " ") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -734,7 +936,7 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
     # Trials are generated lazily (max_concurrent_trials at a time): an interrupted sweep may not know
     # all of its trials yet, so fewer trials than the search space holds also means unfinished.
     interrupted = any(r.outcome == "unfinished" for r in rows) or len(rows) < expected
-    table_csv, table_md = write_table(rows, path)
+    table_csv, table_md = write_table(rows, path, grid_keys=list(sweep.grid))
     plot_dir = path / "plots"
     plot_paths = [
         plots.plot_f1_vs_scale(rows, plot_dir / "val_macro_f1_vs_scale.png"),
@@ -744,8 +946,9 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
         if r.history:
             plot_paths.append(plots.plot_learning_curves(
                 r.history, plot_dir / "trials" / f"{r.trial_id}.png",
-                title=f"trial {r.trial_id}: lr {r.lr:.3g}, scale {r.scale} ({r.outcome})"))
-    savings = asha_savings(rows, base.epochs, expected_trials=expected)
+                title=f"trial {r.trial_id}: lr {r.lr:.3g}, scale {r.scale}"
+                      f"{''.join(f', {k} {_slug(k, v)}' for k, v in r.params.items())} ({r.outcome})"))
+    savings = asha_savings(rows, max_epochs(sweep, base), expected_trials=expected)
     (path / "asha.json").write_text(json.dumps(savings, indent=2), encoding="utf-8")
     best = None if interrupted else pick_best(rows)
     manifest, test_metrics, val_metrics = None, {}, {}
@@ -761,7 +964,8 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
         from kosent.manifest import MANIFEST_FILE, write_manifest
 
         splits = make_splits(dataclasses.replace(base.data, scale=best.scale))
-        _log(f"best trial {best.trial_id} (lr {best.lr:g}, scale {best.scale}, epoch {best.best_epoch}, "
+        _log(f"best trial {best.trial_id} (lr {best.lr:g}, scale {best.scale}, "
+             f"{''.join(f'{k} {v}, ' for k, v in best.params.items())}epoch {best.best_epoch}, "
              f"val_macro_f1 {best.val_macro_f1:.4f}); scoring it once on {len(splits.test)} test rows")
         test_metrics = evaluate_checkpoint(best.checkpoint, list(splits.test["text"]), list(splits.test["label"]))
         val_metrics = dict(best.val_metrics)
@@ -769,7 +973,7 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
             path / MANIFEST_FILE, best.checkpoint, val_metrics=val_metrics, test_metrics=test_metrics,
             source="tune",
             extra={
-                "trial": {"trial_id": best.trial_id, "lr": best.lr, "scale": best.scale,
+                "trial": {"trial_id": best.trial_id, "lr": best.lr, "scale": best.scale, "grid": best.params,
                           "train_rows": best.train_rows, "epoch": best.best_epoch, "path": where(best.path)},
                 "sweep": {"name": path.name, "path": location, "metric": METRIC, "mode": MODE,
                           "trials": len(rows), "search_space": to_dict(sweep), "asha": savings,
@@ -792,8 +996,8 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
 
 
 __all__ = [
-    "SweepConfig", "SweepError", "SweepResult", "TrialFailed", "TrialRow", "asha_savings", "collect_trials",
-    "concurrency", "failure_reason", "finalize", "load_sweep", "markdown_table", "orphaned_placement_groups",
-    "pick_best", "run_sweep",
-    "search_space", "sweep_dir", "sweep_location", "trial_config", "write_table",
+    "RESERVED_GRID_KEYS", "SweepConfig", "SweepError", "SweepResult", "TrialFailed", "TrialRow", "asha_savings",
+    "check_grid", "collect_trials", "concurrency", "failure_reason", "finalize", "load_sweep", "markdown_table",
+    "max_epochs", "orphaned_placement_groups", "parse_grid", "pick_best", "run_sweep", "search_space",
+    "sweep_dir", "sweep_location", "table_columns", "trial_config", "write_table",
 ]

@@ -1,4 +1,5 @@
-"""Sweep learning rate x dataset scale factor with Ray Tune (ASHA), then publish the best checkpoint.
+"""Sweep learning rate x dataset scale factor (x any TrainConfig field, ``--grid``) with Ray Tune (ASHA), then
+publish the best checkpoint.
 
 On this machine alone (starts a local cluster on 127.0.0.1, dashboard on):
 
@@ -14,7 +15,10 @@ Resume an interrupted sweep (Ctrl+C, a killed driver): the same ``--name`` / ``-
 ``--resume``; every other setting comes from the sweep folder.
 
 Search space: ``--lrs`` is a grid; ``--lr-min/--lr-max`` without ``--lrs`` samples ``--num-samples``
-learning rates log-uniformly per scale. ``--scales`` multiplies ``--train-size``. Every TrainConfig /
+learning rates log-uniformly per scale. ``--scales`` multiplies ``--train-size``. ``--grid KEY=V1,V2 ...``
+adds a grid dimension per TrainConfig field (``--grid warmup_ratio=0.0,0.1 epochs=2,3
+model=e5-small-ko,/abs/dapt``; ``none`` for a field that may be None, ``true``/``false`` for a bool; or
+``grid:`` in the sweep YAML): every combination is a trial. Every TrainConfig /
 DataConfig field is a flag (``--train-size`` = ``train_size``); ``--config f.yaml`` reads them from YAML
 and ``--sweep-config s.yaml`` reads SweepConfig fields. ``--name`` and ``--storage-path`` name the sweep
 (each trial's Train run lives inside its trial folder).
@@ -68,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--num-samples", type=int, default=s,
                        help="learning rates sampled per scale (or repeats of the grid with --lrs); default 1")
     sweep.add_argument("--scales", type=int, nargs="+", default=s, help="dataset scale factors (default 1 2 3 4 5)")
+    sweep.add_argument("--grid", nargs="+", action="extend", metavar="KEY=V1,V2", default=s,
+                       help="sweep a TrainConfig field too, e.g. --grid warmup_ratio=0.0,0.1 pooling=cls,mean "
+                            "(repeatable; overrides the same key of grid: in --sweep-config)")
     sweep.add_argument("--asha", action=argparse.BooleanOptionalAction, default=s,
                        help="early-stop weak trials with ASHA on val_macro_f1 (default on)")
     sweep.add_argument("--grace-period", type=int, default=s, help="epochs every trial runs before ASHA may stop it")
@@ -81,19 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sweep_config_from_args(args: argparse.Namespace):
-    """Defaults < ``--sweep-config`` YAML < flags; ``--name``, ``--storage-path`` and ``--resume`` are the sweep's."""
+    """Defaults < ``--sweep-config`` YAML < flags (``--grid`` per key); ``--name``, ``--storage-path`` and
+    ``--resume`` are the sweep's. The grid is checked here, before a cluster is started."""
     from kosent.config import load_yaml, to_dict
-    from kosent.tune import SweepConfig
+    from kosent.tune import SweepConfig, check_grid, parse_grid
 
     sweep = load_yaml(args.sweep_config, SweepConfig) if args.sweep_config else SweepConfig()
     given = vars(args)
     values = {k: given[k] for k in _SWEEP_FLAGS if k in given}
     if "lrs" not in given and ("lr_min" in given or "lr_max" in given):
         values["lrs"] = None  # a range without a grid: sample log-uniformly
+    if "grid" in given:
+        values["grid"] = sweep.grid | parse_grid(given["grid"])
     for k in ("name", "storage_path", "resume"):
         if k in given:
             values[k] = given[k]
-    return SweepConfig(**(to_dict(sweep) | values))
+    sweep = SweepConfig(**(to_dict(sweep) | values))
+    return dataclasses.replace(sweep, grid=check_grid(sweep.grid))
 
 
 def _in_submitted_job() -> bool:

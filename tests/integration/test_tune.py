@@ -275,3 +275,52 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
     again = run_sweep(SweepConfig(name="resume", storage_path=str(tmp_path), resume=True), TrainConfig())
     assert [r.trial_id for r in again.trials] == [r.trial_id for r in resumed.trials]
     assert {name: (finished_dir / name).read_bytes() for name in before} == before
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_sweep_over_a_grid_of_warmup_ratios(ray_cluster, tiny_ready, tmp_path):
+    """``grid`` sweeps a TrainConfig field alongside lr and scale: two trials (warmup 0.0 and 0.2, one lr,
+    one scale, side by side on the two CPUs), each trained with its own value, a table column for it, and the
+    manifest naming the best trial's value. Resuming the finished sweep keeps all of that."""
+    import json
+
+    from kosent.checkpoint import read_meta
+    from kosent.manifest import read_manifest
+    from kosent.tune import run_sweep
+
+    t0 = time.perf_counter()
+    sweep = SweepConfig(lrs=[3e-3], scales=[1], grid={"warmup_ratio": [0.0, 0.2]}, name="grid",
+                        storage_path=str(tmp_path))
+    result = run_sweep(sweep, _base(epochs=1))
+    print(f"\n2-trial grid sweep: {time.perf_counter() - t0:.0f} s\n{markdown_table(result.trials)}")
+
+    assert not result.interrupted and len(result.trials) == 2
+    assert [r.params for r in result.trials] == [{"warmup_ratio": 0.0}, {"warmup_ratio": 0.2}]
+    for row in result.trials:
+        ratio = row.params["warmup_ratio"]
+        assert (row.outcome, row.epochs_run, row.lr) == ("completed", 1, 3e-3)
+        assert Path(row.path).name == f"{row.trial_id}_lr=0.003_scale=1_warmup_ratio={ratio:.3g}"
+        trial_file = json.loads((Path(row.path) / "kosent_trial.json").read_text(encoding="utf-8"))
+        assert trial_file["config"]["warmup_ratio"] == ratio and trial_file["config"]["lr"] == 3e-3
+        assert read_meta(row.checkpoint)["config"]["warmup_ratio"] == ratio  # what the model was trained with
+
+    with result.table_csv.open(encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[:4] == ["trial_id", "lr", "scale", "warmup_ratio"]
+    assert sorted(float(r["warmup_ratio"]) for r in table) == [0.0, 0.2]
+    assert "| warmup_ratio |" in result.table_md.read_text(encoding="utf-8")
+
+    manifest = read_manifest(result.manifest)
+    best = result.best
+    assert manifest["trial"]["trial_id"] == best.trial_id and manifest["trial"]["grid"] == best.params
+    assert manifest["config"]["warmup_ratio"] == best.params["warmup_ratio"]
+    assert manifest["sweep"]["search_space"]["grid"] == {"warmup_ratio": [0.0, 0.2]}
+    assert result.summary()["best"]["grid"] == best.params
+    assert (result.savings["trials"], result.savings["trial_epochs_full_grid"]) == (2, 2)
+
+    # Resuming the finished sweep runs nothing and keeps the grid in the table and manifest.
+    again = run_sweep(SweepConfig(name="grid", storage_path=str(tmp_path), resume=True), TrainConfig())
+    assert [(r.trial_id, r.params) for r in again.trials] == [(r.trial_id, r.params) for r in result.trials]
+    assert read_manifest(again.manifest)["trial"]["grid"] == again.best.params
+    assert "| warmup_ratio |" in again.table_md.read_text(encoding="utf-8")

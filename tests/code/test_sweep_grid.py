@@ -1,0 +1,211 @@
+"""The sweep's ``grid`` (extra TrainConfig fields swept alongside lr and scale), without a cluster:
+checking and parsing it, the trial configs and folder names it makes, and the trials table's columns."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import types
+from pathlib import Path
+
+import pytest
+
+from kosent.config import DataConfig, TrainConfig
+from kosent.tune import (
+    TABLE_COLUMNS,
+    SweepConfig,
+    SweepError,
+    TrialRow,
+    asha_savings,
+    check_grid,
+    markdown_table,
+    max_epochs,
+    parse_grid,
+    table_columns,
+    trial_config,
+    write_table,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _base(**changes) -> TrainConfig:
+    return TrainConfig(**({"model": "tiny", "epochs": 2, "data": DataConfig(train_size=200)} | changes))
+
+
+def _row(**kw) -> TrialRow:
+    values = dict(trial_id="t", lr=1e-3, scale=1, train_rows=200, epochs_run=2, best_epoch=2, val_macro_f1=0.5,
+                  val_accuracy=0.5, val_loss=0.7, train_loss=0.7, status="TERMINATED", outcome="completed",
+                  error="", seconds=1.0, checkpoint=None)
+    return TrialRow(**(values | kw))
+
+
+def test_parse_grid_reads_each_value_as_its_field_type():
+    grid = parse_grid(["warmup_ratio=0,0.1", "epochs=2, 3", "model=tiny,/data/runs/dapt-e5", "max_steps=none,10"])
+    assert grid == {"warmup_ratio": [0.0, 0.1], "epochs": [2, 3], "model": ["tiny", "/data/runs/dapt-e5"],
+                    "max_steps": [None, 10]}
+    assert [type(v) for v in grid["warmup_ratio"]] == [float, float] and [type(v) for v in grid["epochs"]] == [int, int]
+    assert parse_grid([]) == {}
+
+
+@pytest.mark.parametrize(("items", "message"), [
+    (["warmup=0.1"], "unknown TrainConfig field 'warmup'; known: .*warmup_ratio"),
+    (["lr=1e-4,2e-4"], "'lr' cannot be in the grid: use lrs"),
+    (["scale=1,2"], "'scale' cannot be in the grid: use scales"),
+    (["num_workers=1,2"], "'num_workers' cannot be in the grid"),
+    (["epochs=two"], r"epochs='two': epochs takes an int"),
+    (["epochs=none"], r"epochs='none': epochs takes an int"),
+    (["warmup_ratio=0.1,abc"], r"warmup_ratio='abc': warmup_ratio takes a float"),
+    (["max_steps=ten"], r"max_steps='ten': max_steps takes an int or none"),
+    (["epochs"], "'epochs' is not KEY=V1,V2"),
+    (["=1,2"], "is not KEY=V1,V2"),
+    (["epochs=2,"], "has an empty value"),
+    (["epochs=2", "epochs=3"], "epochs given twice"),
+    (["epochs=2,2"], "epochs lists 2 twice"),
+])
+def test_parse_grid_names_the_bad_key_or_value(items, message):
+    with pytest.raises(SweepError, match=message):
+        parse_grid(items)
+
+
+def test_bool_values_parse_from_true_and_false():
+    from kosent.tune import _parse_value
+
+    assert [_parse_value("flag", v, bool) for v in ("true", "False")] == [True, False]
+    with pytest.raises(SweepError, match="flag takes true or false"):
+        _parse_value("flag", "yes", bool)
+    with pytest.raises(SweepError, match="put it under grid: in the --sweep-config YAML"):
+        _parse_value("labels", "x", dict[str, int])
+
+
+def test_check_grid_types_values_and_refuses_what_the_sweep_sets_itself():
+    assert check_grid({"warmup_ratio": (0, 0.2), "model": ["tiny"]}) == {"warmup_ratio": [0.0, 0.2], "model": ["tiny"]}
+    for grid, message in (
+        ({"epochs": [2.5]}, r"epochs=2.5 is a float; epochs takes an int"),
+        ({"epochs": [True]}, "epochs=True is a bool"),
+        ({"warmup_ratio": ["0.1"]}, "warmup_ratio='0.1' is a str; warmup_ratio takes a float"),
+        ({"model": [None]}, "model cannot be None"),
+        ({"epochs": []}, "epochs needs a non-empty list"),
+        ({"epochs": 3}, "epochs needs a non-empty list"),
+        ({"data": [{}]}, "'data' cannot be in the grid"),
+        ({"storage_path": ["a"]}, "'storage_path' cannot be in the grid"),
+        (["epochs"], "grid must be a mapping"),
+    ):
+        with pytest.raises(SweepError, match=message):
+            check_grid(grid)
+    assert check_grid({"max_steps": [None, 5]}) == {"max_steps": [None, 5]}
+    # SweepConfig.validate checks the grid too.
+    with pytest.raises(SweepError, match="unknown TrainConfig field 'nope'"):
+        SweepConfig(grid={"nope": [1]}).validate(_base())
+
+
+@pytest.mark.parametrize(("key", "values"), [("layer_decay", [1.0, 0.8]), ("pooling", ["cls", "mean"])])
+def test_the_new_training_fields_can_be_swept(key, values):
+    if key not in FIELDS:
+        pytest.skip(f"TrainConfig has no {key} field yet")
+    grid = parse_grid([f"{key}={','.join(str(v) for v in values)}"])
+    assert grid == {key: values}
+    cfg = trial_config(_base(), 1e-4, 1, 0.99, "/tmp/t", {key: values[1]})
+    assert getattr(cfg, key) == values[1]
+
+
+def test_trial_config_num_trials_and_asha_max_t():
+    base = _base()
+    cfg = trial_config(base, 3e-4, 2, 0.99, "/tmp/some/trial", {"warmup_ratio": 0.2, "epochs": 3})
+    assert (cfg.lr, cfg.data.scale, cfg.warmup_ratio, cfg.epochs, cfg.name) == (3e-4, 2, 0.2, 3, "train")
+    assert (cfg.weight_decay, cfg.model) == (base.weight_decay, "tiny")  # everything else from the base
+    assert trial_config(base, 3e-4, 2, 0.99, "/tmp/t") == trial_config(base, 3e-4, 2, 0.99, "/tmp/t", {})
+    sweep = SweepConfig(lrs=[1e-4, 2e-4], scales=[1, 2], grid={"epochs": [2, 4], "warmup_ratio": [0.0, 0.1, 0.2]})
+    assert sweep.num_trials() == 2 * 2 * 2 * 3
+    assert SweepConfig(lrs=[1e-4], scales=[1]).num_trials() == 1
+    assert max_epochs(sweep, base) == 4 and max_epochs(SweepConfig(), base) == 2
+
+
+def test_search_space_and_trial_folder_names():
+    from kosent.tune import _trial_dirname, search_space
+
+    sweep = SweepConfig(lrs=[5e-5], scales=[1], grid={"warmup_ratio": [0.0, 0.2], "model": ["tiny"]})
+    space = search_space(sweep, _base())
+    assert space["grid"] == {"warmup_ratio": {"grid_search": [0.0, 0.2]}, "model": {"grid_search": ["tiny"]}}
+    assert "grid" not in search_space(SweepConfig(lrs=[5e-5], scales=[1]), _base())  # old sweeps: as before
+
+    def name(config):
+        return _trial_dirname(types.SimpleNamespace(trial_id="ab12_00001", config=config))
+
+    assert name({"lr": 5e-5, "scale": 2}) == "ab12_00001_lr=5e-05_scale=2"
+    folder = name({"lr": 5e-5, "scale": 1, "grid": {"warmup_ratio": 0.1, "model": "/runs/pretrain/dapt e5 (v2)/",
+                                                    "max_steps": None}})
+    assert folder == "ab12_00001_lr=5e-05_scale=1_warmup_ratio=0.1_model=dapt_e5_v2_max_steps=None"
+    assert name({"lr": 1e-4, "scale": 1, "grid": {"model": "klue/bert-base"}}).endswith("_model=bert-base")
+
+
+def test_table_has_a_column_per_grid_field_only_when_the_sweep_has_a_grid(tmp_path):
+    assert table_columns() == TABLE_COLUMNS
+    assert table_columns(["warmup_ratio"])[:4] == ["trial_id", "lr", "scale", "warmup_ratio"]
+    plain = [_row(trial_id="a")]
+    assert markdown_table(plain).splitlines()[0] == "| " + " | ".join(c for c in TABLE_COLUMNS if c != "checkpoint") + " |"
+    rows = [_row(trial_id="a", params={"warmup_ratio": 0.0, "max_steps": None}),
+            _row(trial_id="b", params={"warmup_ratio": 0.2, "max_steps": 5})]
+    csv_path, md_path = write_table(rows, tmp_path, grid_keys=["warmup_ratio", "max_steps"])
+    with csv_path.open(encoding="utf-8") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[:5] == ["trial_id", "lr", "scale", "warmup_ratio", "max_steps"]
+    assert [(r["warmup_ratio"], r["max_steps"]) for r in table] == [("0.0", ""), ("0.2", "5")]
+    assert md_path.read_text(encoding="utf-8").startswith("| trial_id | lr | scale | warmup_ratio | max_steps | train_rows")
+
+
+def test_asha_savings_counts_each_trials_own_epochs():
+    rows = [_row(trial_id="a", epochs_run=2, params={"epochs": 2}),
+            _row(trial_id="b", epochs_run=1, outcome="early_stopped", params={"epochs": 4})]
+    s = asha_savings(rows, epochs=4)
+    assert (s["trial_epochs_run"], s["trial_epochs_full_grid"], s["trial_epochs_saved"]) == (3, 6, 3)
+    assert s["epochs_per_trial"] == [2, 4] and s["train_rows_full_grid"] == 6 * 200
+    # A trial not started yet counts the grid's largest epochs.
+    assert asha_savings(rows, epochs=4, expected_trials=3)["trial_epochs_full_grid"] == 10
+    assert asha_savings([_row()], epochs=2)["epochs_per_trial"] == 2
+
+
+def _load_job():
+    spec = importlib.util.spec_from_file_location("kosent_tune_job_grid", ROOT / "ray_jobs" / "tune.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_job_grid_flag_and_yaml(tmp_path):
+    job = _load_job()
+    args = job.build_parser().parse_args(["--lrs", "1e-4", "--grid", "warmup_ratio=0,0.1", "epochs=2,3",
+                                          "--grid", "model=tiny", "--epochs", "5"])
+    assert job.sweep_config_from_args(args).grid == {"warmup_ratio": [0.0, 0.1], "epochs": [2, 3], "model": ["tiny"]}
+    # grid: in the sweep YAML; a flag replaces the YAML's values for its key only.
+    sweep_yaml = tmp_path / "sweep.yaml"
+    sweep_yaml.write_text("grid:\n  warmup_ratio: [0.0, 0.2]\n  weight_decay: [0, 0.01]\n", encoding="utf-8")
+    args = job.build_parser().parse_args(["--sweep-config", str(sweep_yaml), "--grid", "weight_decay=0.1"])
+    assert job.sweep_config_from_args(args).grid == {"warmup_ratio": [0.0, 0.2], "weight_decay": [0.1]}
+    args = job.build_parser().parse_args(["--sweep-config", str(sweep_yaml)])
+    assert job.sweep_config_from_args(args).grid == {"warmup_ratio": [0.0, 0.2], "weight_decay": [0.0, 0.01]}
+    args = job.build_parser().parse_args(["--grid", "epochs=2,x"])
+    with pytest.raises(SweepError, match="epochs='x': epochs takes an int"):
+        job.sweep_config_from_args(args)
+    sweep_yaml.write_text("grid:\n  lr: [0.1]\n", encoding="utf-8")
+    with pytest.raises(SweepError, match="'lr' cannot be in the grid"):
+        job.sweep_config_from_args(job.build_parser().parse_args(["--sweep-config", str(sweep_yaml)]))
+    # Bad settings exit with status 2 before any cluster starts.
+    assert job.main(["--grid", "epochs=2,x"]) == 2
+
+
+def test_local_folders_in_the_grid_become_absolute(tmp_path, monkeypatch):
+    """Trials run in their own folders: a relative model (or teacher) folder must not be read from there."""
+    from kosent.tune import _absolute, _absolute_grid
+
+    (tmp_path / "dapt").mkdir()
+    (tmp_path / "tiny").mkdir()
+    monkeypatch.chdir(tmp_path)
+    grid = _absolute_grid({"model": ["tiny", "dapt", "klue/bert-base"], "epochs": [2]})
+    assert grid == {"model": ["tiny", str(tmp_path / "dapt"), "klue/bert-base"], "epochs": [2]}
+    assert _absolute(_base(model="dapt")).model == str(tmp_path / "dapt")
+    if "teacher" in FIELDS:
+        assert _absolute_grid({"teacher": [None, "dapt"]}) == {"teacher": [None, str(tmp_path / "dapt")]}
+        assert _absolute(_base(teacher="dapt")).teacher == str(tmp_path / "dapt")

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -19,10 +20,12 @@ from kosent.text import normalize
 
 @dataclass
 class Encoded:
-    """Token ids (unpadded) and labels of one split."""
+    """Token ids (unpadded) and labels of one split; ``targets`` (rows x labels), when set, are the
+    probabilities to train towards instead of the labels (distillation, :mod:`kosent.distill`)."""
 
     input_ids: list[list[int]]
     labels: list[int]
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -80,7 +83,10 @@ def collate(enc: Encoded, idx: Sequence[int], pad_id: int, pad_to: int | None = 
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
     labels = torch.tensor([enc.labels[i] for i in idx], dtype=torch.long)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if enc.targets is not None:
+        batch["targets"] = torch.from_numpy(enc.targets[list(idx)])
+    return batch
 
 
 def iterate(

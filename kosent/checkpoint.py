@@ -133,6 +133,7 @@ def load_checkpoint(
     """Model (in eval mode), tokenizer and metadata of a checkpoint folder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    import kosent.models.pooling  # noqa: F401  (registers the mean-pooling BERT with the Auto classes)
     import kosent.models.rnn  # noqa: F401  (registers the RNN with the Auto classes)
 
     meta = read_meta(folder)

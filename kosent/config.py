@@ -73,6 +73,18 @@ class TrainConfig:
     max_steps: int | None = None
     seed: int = 42
     threads: int | None = None
+    # Layer-wise learning-rate decay: encoder layer k of L (embeddings k = 0) trains at
+    # lr * layer_decay ** (L + 1 - k), the head at lr; 1.0 turns it off. Lower layers hold general
+    # language knowledge that a small labelled set should disturb less (ELECTRA, ULMFiT's discriminative LR).
+    layer_decay: float = 1.0
+    # What the classifier reads: "cls" (the first token through BERT's pooler) or "mean" (the mean of the
+    # last layer over real tokens, how e5 itself was trained to embed sentences).
+    pooling: str = "cls"
+    # Distillation: a checkpoint (a plain or an ensemble one) whose probabilities on ``unlabelled_size``
+    # unlabelled texts of the source (never a train, validation or test text) become soft targets,
+    # trained on alongside the labelled rows.
+    teacher: str | None = None
+    unlabelled_size: int | None = 20000
     # Ray Train
     num_workers: int = 1
     use_gpu: bool = False
@@ -98,7 +110,6 @@ class PretrainConfig(TrainConfig):
     max_length: int = 64
     storage_path: str = "runs/pretrain"
     mlm_probability: float = 0.15
-    unlabelled_size: int | None = 20000
     holdout_size: int = 500
     # Share of the steps that train the masked-LM head alone (the encoder's gradients are dropped; the
     # decoder is tied to the word embeddings, so only the head's transform and bias learn). e5 ships without

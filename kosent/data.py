@@ -24,6 +24,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import random
 import socket
 import urllib.error
 import urllib.parse
@@ -980,6 +981,9 @@ class Splits:
     label_names: list[str]
     fingerprint: str
     report: DataReport
+    # Texts of the source outside all three splits, for distillation (kosent.distill fills it when a run has
+    # a teacher); not part of the fingerprint and not saved by ``save``.
+    unlabelled: list[str] = field(default_factory=list)
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
@@ -1031,6 +1035,16 @@ class Splits:
             fingerprint=meta["fingerprint"],
             report=DataReport.from_dict(meta["report"]),
         )
+
+
+def unseen_texts(table: Table, excluded: set[str], seed: int) -> list[str]:
+    """Every distinct text of ``table`` not in ``excluded``, in a seeded random order (labels unread).
+
+    The unlabelled pools of pretraining and distillation: ``excluded`` holds the texts a run must never
+    train on without their labels (validation and test, and for distillation the training texts too)."""
+    pool = [t for t in dict.fromkeys(table.texts) if t not in excluded]
+    random.Random(seed).shuffle(pool)
+    return pool
 
 
 def _stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:

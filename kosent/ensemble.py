@@ -59,7 +59,8 @@ def choose_weight(p_model: np.ndarray, p_tfidf_positive: np.ndarray, labels: lis
 
 
 def build_ensemble(checkpoint: str | Path, out: str | Path, splits: Splits,
-                   tfidf_weight: float | str = DEFAULT_WEIGHT, progress: Any = print) -> dict[str, Any]:
+                   tfidf_weight: float | str = DEFAULT_WEIGHT, progress: Any = print,
+                   device: str = "cpu") -> dict[str, Any]:
     """Copy ``checkpoint`` to ``out``, fit TF-IDF on ``splits.train``, pick the weight on validation, score test.
 
     Returns a summary with validation and test metrics of the model alone, TF-IDF alone and the ensemble.
@@ -90,7 +91,7 @@ def build_ensemble(checkpoint: str | Path, out: str | Path, splits: Splits,
     progress(f"fitting TF-IDF on the {len(splits.train):,} training texts")
     tfidf = TfidfClassifier().fit(list(splits.train["text"]), list(splits.train["label"]))
     fit_seconds = time.perf_counter() - t0
-    model = Predictor.from_checkpoint(checkpoint)
+    model = Predictor.from_checkpoint(checkpoint, device=device)
 
     def scores(split: str) -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
         data = getattr(splits, split)

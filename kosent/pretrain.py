@@ -16,7 +16,6 @@ checked and recorded as zero. A small slice of the corpus is held out to report 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import tempfile
 import time
@@ -31,8 +30,8 @@ from transformers import AutoModelForMaskedLM, get_linear_schedule_with_warmup
 from kosent import batches
 from kosent.checkpoint import load_training_state, save_training_state
 from kosent.config import PretrainConfig, to_dict
-from kosent.data import load_table, make_splits
-from kosent.train import Session, _optimizer, log, seed_everything
+from kosent.data import load_table, make_splits, unseen_texts
+from kosent.train import Session, _autocast, _optimizer, log, seed_everything
 
 META_FILE = "kosent_pretrain.json"
 
@@ -51,9 +50,8 @@ def unlabelled_corpus(cfg: PretrainConfig) -> Corpus:
     table = load_table(cfg.data)
     splits = make_splits(cfg.data, table)  # the fine-tuning splits: their held-out texts must stay unseen
     excluded = set(splits.validation["text"]) | set(splits.test["text"])
-    distinct = list(dict.fromkeys(table.texts))
-    pool = [t for t in distinct if t not in excluded]
-    random.Random(cfg.seed).shuffle(pool)
+    distinct = len(set(table.texts))
+    pool = unseen_texts(table, excluded, cfg.seed)
     n_holdout = min(cfg.holdout_size, len(pool) // 10)
     holdout, rest = pool[:n_holdout], pool[n_holdout:]
     texts = rest[: cfg.unlabelled_size] if cfg.unlabelled_size else rest
@@ -61,7 +59,7 @@ def unlabelled_corpus(cfg: PretrainConfig) -> Corpus:
     if overlap:  # cannot happen by construction; checked because the whole point depends on it
         raise AssertionError(f"{overlap} validation/test texts leaked into the pretraining corpus")
     report = {
-        "source": cfg.data.source, "rows": len(table.texts), "distinct_texts": len(distinct),
+        "source": cfg.data.source, "rows": len(table.texts), "distinct_texts": distinct,
         "excluded_validation_and_test": len(excluded), "available": len(pool), "used": len(texts),
         "holdout": len(holdout), "overlap_with_validation_and_test": overlap,
         "splits_fingerprint": splits.fingerprint, "labels_read": False,
@@ -140,8 +138,9 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
         for i, (_, batch) in enumerate(stream):
             inputs, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], special, mask_id, vocab,
                                          cfg.mlm_probability, gen)
-            out = wrapped(input_ids=inputs.to(session.device), attention_mask=batch["attention_mask"].to(session.device),
-                          labels=labels.to(session.device))
+            with _autocast(session.device):
+                out = wrapped(input_ids=inputs.to(session.device),
+                              attention_mask=batch["attention_mask"].to(session.device), labels=labels.to(session.device))
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(f"MLM loss is {out.loss.item()} at epoch {epoch + 1} step {i + 1}: lr {cfg.lr} diverged")
             out.loss.backward()
@@ -199,8 +198,9 @@ def _holdout_loss(model: torch.nn.Module, held: batches.Encoded, special: torch.
                                      cfg.mlm_probability, gen)
         k = int((labels != -100).sum())
         if k:
-            out = model(input_ids=inputs.to(device), attention_mask=batch["attention_mask"].to(device),
-                        labels=labels.to(device))
+            with _autocast(device):
+                out = model(input_ids=inputs.to(device), attention_mask=batch["attention_mask"].to(device),
+                            labels=labels.to(device))
             total, n = total + out.loss.item() * k, n + k
     model.train()
     return total / max(1, n)
@@ -215,6 +215,21 @@ def save_model_folder(folder: Path, model: Any, tokenizer: Any, cfg: PretrainCon
            "history": history, "config": to_dict(cfg)}
     (folder / META_FILE).write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
     return folder
+
+
+def fit_pretrain_local(cfg: PretrainConfig, out: str | Path) -> Path:
+    """Pretrain in this process (no cluster; on the GPU when ``cfg.use_gpu``): the same loop, the same folder."""
+    corpus = unlabelled_corpus(cfg)
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    out = Path(out)
+    session = Session(out_dir=out.parent / f".{out.name}-epochs", device=device)
+    session.out_dir.mkdir(parents=True, exist_ok=True)
+    pretrain_loop(cfg, corpus, session)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(session.last, out, ignore=shutil.ignore_patterns("training_state"))
+    shutil.rmtree(session.out_dir, ignore_errors=True)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,4 +307,4 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     return dest
 
 
-__all__ = ["Corpus", "fit_pretrain", "mask_tokens", "pretrain_loop", "unlabelled_corpus"]
+__all__ = ["Corpus", "fit_pretrain", "fit_pretrain_local", "mask_tokens", "pretrain_loop", "unlabelled_corpus"]

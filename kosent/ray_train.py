@@ -49,6 +49,7 @@ import torch.distributed as dist  # noqa: E402
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
 from ray.train.torch import TorchTrainer  # noqa: E402
 
+from kosent import distill  # noqa: E402
 from kosent.checkpoint import META_FILE, STATE_DIR, read_meta  # noqa: E402
 from kosent.config import TrainConfig, cache_home, from_dict, to_dict  # noqa: E402
 from kosent.data import DataReport, Splits, make_splits  # noqa: E402
@@ -175,6 +176,7 @@ def _splits_payload(splits: Splits) -> dict[str, Any]:
         "label_names": list(splits.label_names),
         "fingerprint": splits.fingerprint,
         "report": splits.report.to_dict(),
+        "unlabelled": list(splits.unlabelled),
     }
 
 
@@ -193,6 +195,7 @@ def _splits_from_payload(payload: dict[str, Any]) -> Splits:
         label_names=list(payload["label_names"]),
         fingerprint=payload["fingerprint"],
         report=DataReport.from_dict(payload["report"]),
+        unlabelled=list(payload.get("unlabelled", [])),
     )
 
 
@@ -263,13 +266,25 @@ def run_dir_of(cfg: TrainConfig) -> str:
     return str(Path(cfg.storage_path) / str(cfg.name))
 
 
+def _absolute_if_local(location: str | None) -> str | None:
+    """An existing local folder as an absolute path (workers may not share the driver's working directory)."""
+    if location is None or _is_uri(location) or not Path(location).expanduser().exists():
+        return location
+    return str(Path(location).expanduser().resolve())
+
+
 def _with_run_location(cfg: TrainConfig) -> TrainConfig:
-    """A copy with an absolute storage path (Ray needs one) and a name (unique when none was given)."""
+    """A copy with an absolute storage path (Ray needs one), a name (unique when none was given), and
+    absolute paths for a local model folder and teacher checkpoint."""
     import dataclasses
+
+    from kosent.models import ALIASES
 
     storage = cfg.storage_path if _is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
     name = cfg.name or f"kosent-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    return dataclasses.replace(cfg, storage_path=storage, name=name)
+    model = cfg.model if cfg.model in ALIASES else _absolute_if_local(cfg.model)  # an alias is never a path
+    return dataclasses.replace(cfg, storage_path=storage, name=name, model=model,
+                               teacher=_absolute_if_local(cfg.teacher))
 
 
 def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -456,6 +471,7 @@ def build_trainer(
     resources: dict[str, float] = {"CPU": float(cfg.cpus_per_worker)}
     if cfg.use_gpu:
         resources["GPU"] = 1.0
+    splits = distill.with_unlabelled(cfg, splits)  # a teacher scores them in each worker, on its device
     config: dict[str, Any] = {"train_config": to_dict(cfg), "splits": _splits_payload(splits)}
     if fault:
         config["fault"] = dict(fault)

@@ -8,6 +8,7 @@ checkpoint, maybe stop early. ``kosent.ray_train`` supplies the Ray session; ``f
 from __future__ import annotations
 
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -22,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
-from kosent import batches
+from kosent import batches, distill
 from kosent.checkpoint import load_training_state, read_meta, save_checkpoint, save_training_state, write_meta
 from kosent.config import TrainConfig, to_dict
 from kosent.data import Splits, make_splits
@@ -33,6 +34,10 @@ from kosent.models.tfidf import TfidfClassifier
 
 def log(msg: str) -> None:
     print(f"[kosent {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _quiet(msg: str) -> None:
+    """The log of ranks other than 0."""
 
 
 @dataclass
@@ -63,8 +68,9 @@ class Session:
             shutil.rmtree(dest)
         shutil.move(str(checkpoint_dir), dest)
         previous_best = self.best.get("path")
-        if metrics["val_macro_f1"] > self.best.get("val_macro_f1", -1.0):
-            self.best = {"path": dest, "val_macro_f1": metrics["val_macro_f1"]}
+        score = metrics.get("val_macro_f1", float("inf"))  # pretraining has no F1: its latest epoch counts
+        if score > self.best.get("val_macro_f1", -1.0):
+            self.best = {"path": dest, "val_macro_f1": score}
         # Keep only the best and the latest epoch on disk.
         for old in {previous_best, self.last} - {self.best["path"], dest, None}:
             shutil.rmtree(old, ignore_errors=True)
@@ -84,14 +90,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def layer_depth(name: str, num_layers: int) -> int:
+    """0 for embeddings, k + 1 for encoder layer k, ``num_layers + 1`` for everything above (pooler, head)."""
+    if ".embeddings." in f".{name}":
+        return 0
+    match = re.search(r"\.layer\.(\d+)\.", name)
+    return int(match.group(1)) + 1 if match else num_layers + 1
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe)."""
-    decay, no_decay = [], []
+    """AdamW without weight decay on biases and LayerNorm weights (the BERT recipe), and with layer-wise
+    learning-rate decay when ``cfg.layer_decay < 1``: a parameter at depth d trains at
+    ``lr * layer_decay ** (num_layers + 1 - d)`` (the scheduler scales every group alike)."""
+    if not 0 < cfg.layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {cfg.layer_decay}")
+    num_layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0)
+    if cfg.layer_decay < 1 and not num_layers:
+        raise ValueError(f"layer_decay {cfg.layer_decay} needs a layered encoder; {type(model).__name__} has none")
+    groups: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+            depth = layer_depth(name, num_layers) if cfg.layer_decay < 1 else 0
+            groups.setdefault((depth, p.ndim < 2 or "LayerNorm" in name), []).append(p)
+    top = num_layers + 1 if cfg.layer_decay < 1 else 0
+    return torch.optim.AdamW(
+        [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+          "lr": cfg.lr * cfg.layer_decay ** (top - depth)}
+         for (depth, no_decay), params in sorted(groups.items())],
+        lr=cfg.lr,
+    )
 
 
 def _macro_f1(confusion: np.ndarray) -> float:
@@ -169,10 +196,10 @@ def train_loop(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     label_names = splits.label_names
-    model, tokenizer = load_model_and_tokenizer(cfg.model, label_names)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, label_names, cfg.pooling)
     pad_id = tokenizer.pad_token_id
-    train, val = splits.train.to_dict(), splits.validation.to_dict()  # column access is row by row
-    train_enc = batches.encode(tokenizer, train["text"], train["label"], cfg.max_length)
+    val = splits.validation.to_dict()  # column access is row by row
+    train_enc = distill.training_set(cfg, splits, tokenizer, session.device, log if session.rank == 0 else _quiet)
     val_enc = batches.encode(tokenizer, val["text"], val["label"], cfg.max_length)
 
     steps_per_epoch = batches.num_batches(len(train_enc), cfg.batch_size, session.world_size)
@@ -214,9 +241,10 @@ def train_loop(
         )
         for i, (_, batch) in enumerate(stream):
             batch = {k: v.to(session.device) for k, v in batch.items()}
+            targets = batch.pop("targets", None)  # distillation: train towards these, not the labels
             with _autocast(session.device):
-                out = wrapped(**batch)
-            loss = out.loss
+                out = wrapped(**(batch if targets is None else {k: v for k, v in batch.items() if k != "labels"}))
+            loss = out.loss if targets is None else distill.soft_cross_entropy(out.logits, targets)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1} step {i + 1}: lr {cfg.lr} diverged")
             loss.backward()
@@ -314,7 +342,7 @@ def fit_local(cfg: TrainConfig, splits: Splits | None = None, out_dir: str | Pat
         return fit_tfidf(cfg, splits, out)
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     session = Session(out_dir=out, device=device)
-    history = train_loop(cfg, splits, session)
+    history = train_loop(cfg, distill.with_unlabelled(cfg, splits), session)
     best = Path(session.best["path"])
     return TrainResult(checkpoint=best, metrics=read_meta(best)["metrics"], history=history)
 

@@ -10,7 +10,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -34,3 +36,13 @@ def nsmc_path() -> Path:
 @pytest.fixture(scope="session")
 def kmhas_valid_path() -> Path:
     return require(KMHAS_VALID)
+
+
+@pytest.fixture(scope="session")
+def tune_job() -> ModuleType:
+    """``ray_jobs/tune.py`` loaded as a module (it is a script, not part of the package)."""
+    path = Path(__file__).resolve().parent.parent / "ray_jobs" / "tune.py"
+    spec = importlib.util.spec_from_file_location("kosent_tune_job", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

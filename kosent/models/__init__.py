@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kosent.models import e5_offline, hf
 from kosent.models.hf import ModelError
+from kosent.models.pooling import POOLINGS
 from kosent.models.rnn import RNNConfig, RNNForSequenceClassification
 
 # The tokenizer that the tiny BERT and the RNN baselines share with the offline BERT.
@@ -32,8 +33,14 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 def load_model_and_tokenizer(
-    name: str, label_names: list[str]
+    name: str, label_names: list[str], pooling: str = "cls"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model ``name`` with a classification head over ``label_names``; ``pooling`` picks what the head
+    reads in a BERT ("cls" or "mean"; the RNN baselines pool their own way and take only "cls")."""
+    if pooling not in POOLINGS:
+        raise ModelError(f"unknown pooling '{pooling}': use one of {', '.join(POOLINGS)}")
+    if pooling != "cls" and name in ("rnn", "birnn"):
+        raise ModelError(f"pooling '{pooling}' is for BERT encoders; the {name} baseline has its own")
     if name not in ALIASES and not Path(name).exists() and "/" not in name:
         raise ModelError(
             f"unknown model '{name}': use one of {', '.join(ALIASES)}, a local folder, "
@@ -41,7 +48,7 @@ def load_model_and_tokenizer(
         )
     tokenizer = load_tokenizer(name)
     if name == "tiny":
-        model = hf.tiny_bert(len(tokenizer), tokenizer.pad_token_id, label_names)
+        model = hf.tiny_bert(len(tokenizer), tokenizer.pad_token_id, label_names, pooling)
     elif name in ("rnn", "birnn"):
         config = RNNConfig(
             vocab_size=len(tokenizer),
@@ -53,7 +60,7 @@ def load_model_and_tokenizer(
         )
         model = RNNForSequenceClassification(config)
     elif e5_offline.is_alias(name):
-        model = hf.load_pretrained(e5_offline.resolve(name), label_names)
+        model = hf.load_pretrained(e5_offline.resolve(name), label_names, pooling)
     else:
-        model = hf.load_pretrained(name, label_names)
+        model = hf.load_pretrained(name, label_names, pooling)
     return model, tokenizer

@@ -38,9 +38,14 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
         raise ModelError(_hub_message(str(name_or_path), e)) from e
 
 
-def load_pretrained(name_or_path: str | Path, label_names: list[str]) -> PreTrainedModel:
-    """An encoder with a fresh classification head sized to ``label_names``."""
+def load_pretrained(name_or_path: str | Path, label_names: list[str], pooling: str = "cls") -> PreTrainedModel:
+    """An encoder with a fresh classification head sized to ``label_names``, reading the first token
+    (``pooling="cls"``) or the mean of the last layer (``"mean"``, :mod:`kosent.models.pooling`)."""
+    from kosent.models.pooling import mean_pool_from_pretrained
+
     try:
+        if pooling == "mean":
+            return mean_pool_from_pretrained(str(name_or_path), **_label_kwargs(label_names))
         return AutoModelForSequenceClassification.from_pretrained(
             str(name_or_path), ignore_mismatched_sizes=True, **_label_kwargs(label_names)
         )
@@ -48,9 +53,11 @@ def load_pretrained(name_or_path: str | Path, label_names: list[str]) -> PreTrai
         raise ModelError(_hub_message(str(name_or_path), e)) from e
 
 
-def tiny_bert(vocab_size: int, pad_token_id: int, label_names: list[str]) -> BertForSequenceClassification:
+def tiny_bert(vocab_size: int, pad_token_id: int, label_names: list[str], pooling: str = "cls") -> PreTrainedModel:
     """A 2-layer, 64-wide random BERT: the real architecture at test speed."""
-    config = BertConfig(
+    from kosent.models.pooling import BertMeanPoolConfig, BertMeanPoolForSequenceClassification
+
+    config = (BertMeanPoolConfig if pooling == "mean" else BertConfig)(
         vocab_size=vocab_size,
         hidden_size=64,
         num_hidden_layers=2,
@@ -60,6 +67,8 @@ def tiny_bert(vocab_size: int, pad_token_id: int, label_names: list[str]) -> Ber
         pad_token_id=pad_token_id,
         **_label_kwargs(label_names),
     )
+    if pooling == "mean":
+        return BertMeanPoolForSequenceClassification(config)
     return BertForSequenceClassification(config)
 
 

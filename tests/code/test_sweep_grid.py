@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import types
-from pathlib import Path
 
 import pytest
 
@@ -27,7 +25,6 @@ from kosent.tune import (
     write_table,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -167,15 +164,8 @@ def test_asha_savings_counts_each_trials_own_epochs():
     assert asha_savings([_row()], epochs=2)["epochs_per_trial"] == 2
 
 
-def _load_job():
-    spec = importlib.util.spec_from_file_location("kosent_tune_job_grid", ROOT / "ray_jobs" / "tune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_job_grid_flag_and_yaml(tmp_path):
-    job = _load_job()
+def test_job_grid_flag_and_yaml(tmp_path, tune_job):
+    job = tune_job
     args = job.build_parser().parse_args(["--lrs", "1e-4", "--grid", "warmup_ratio=0,0.1", "epochs=2,3",
                                           "--grid", "model=tiny", "--epochs", "5"])
     assert job.sweep_config_from_args(args).grid == {"warmup_ratio": [0.0, 0.1], "epochs": [2, 3], "model": ["tiny"]}

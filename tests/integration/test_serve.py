@@ -285,9 +285,10 @@ def test_bearer_token_auth_on_and_off(base_url, main_url, ckpt):
 def test_overload_answers_503_at_once_and_recovers(base_url, ckpt):
     from ray import serve
 
-    # Batches wait up to 2 s to fill: each admitted request takes ~2 s, and at most 2 run + 2 wait.
+    # Batches wait up to 6 s to fill: each admitted request holds its slot ~6 s, and at most 2 run + 2 wait.
+    # (2 s was too short on a loaded machine: requests that reached the proxy late found freed slots.)
     _deploy("tight", "/tight", checkpoint=ckpt["a"][1], num_cpus=0.25, max_replicas=1, max_ongoing_requests=2,
-            max_queued_requests=2, max_batch_size=8, batch_wait_timeout_s=2.0, adaptive_batch_wait=False)
+            max_queued_requests=2, max_batch_size=8, batch_wait_timeout_s=6.0, adaptive_batch_wait=False)
     url = base_url + "/tight"
     try:
         assert _post(url, {"text": PROBE}).status_code == 200  # warm: routing table and replica known

@@ -184,3 +184,21 @@ def test_short_run_of_the_real_e5_model(ray_cluster, storage, nsmc_path):
     assert meta["config"]["model"] == "e5-small-ko"
     predictions = Predictor.from_checkpoint(result.checkpoint).predict(TEXTS)
     assert len(predictions) == 2
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_two_workers_distil_from_a_teacher_with_mean_pooling(ray_cluster, base_cfg, splits, tmp_path):
+    from kosent.train import fit_local
+
+    teacher = fit_local(TrainConfig(model="tfidf", data=base_cfg.data), splits, out_dir=tmp_path / "teacher").checkpoint
+    cfg = dataclasses.replace(base_cfg, name="distil", epochs=1, teacher=str(teacher), unlabelled_size=340,
+                              pooling="mean", layer_decay=0.9)
+    result = fit(cfg, splits)
+    # The driver sent the unlabelled texts; each worker scored its share of (300 + 340) rows with the teacher.
+    assert result.metrics["step"] == -(-(300 + 340) // 32) // 2
+    meta = json.loads((Path(result.checkpoint) / "kosent.json").read_text())
+    assert meta["config"]["teacher"] == str(teacher) and meta["config"]["pooling"] == "mean"
+    assert json.loads((Path(result.checkpoint) / "config.json").read_text())["model_type"] == "kosent-bert-mean"
+    preds = Predictor.from_checkpoint(result.checkpoint).predict(TEXTS)
+    assert {p.label for p in preds} <= set(splits.label_names)

@@ -6,7 +6,6 @@ The cheap tests at the top need no cluster; the ``ray`` ones run real sweeps (2 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import signal
 import time
@@ -26,8 +25,6 @@ from kosent.tune import (
     trial_config,
     worker_cpus,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _base(**changes) -> TrainConfig:
@@ -105,15 +102,8 @@ def test_pick_best_savings_and_table(tmp_path):
     assert "FloatingPointError: loss is nan" in table and len(table.splitlines()) == 2 + len(rows)
 
 
-def _load_job():
-    spec = importlib.util.spec_from_file_location("kosent_tune_job", ROOT / "ray_jobs" / "tune.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_job_flags(tmp_path):
-    job = _load_job()
+def test_job_flags(tmp_path, tune_job):
+    job = tune_job
     sweep_yaml = tmp_path / "sweep.yaml"
     sweep_yaml.write_text("scales: [1, 3]\ngrace_period: 2\n", encoding="utf-8")
     args = job.build_parser().parse_args([

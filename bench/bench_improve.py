@@ -95,7 +95,7 @@ def _splits(data: Any) -> Any:
     return make_splits(data)
 
 
-def test_scores(checkpoint: str | Path, splits: Any, device: str) -> dict[str, float]:
+def score_test_split(checkpoint: str | Path, splits: Any, device: str) -> dict[str, float]:
     """Accuracy and macro F1 of a checkpoint (plain or ensemble) on the test split, scored once."""
     from kosent.metrics import classification_metrics
     from kosent.predict import Predictor
@@ -125,7 +125,7 @@ def finetune_job(stage: str, cfg_dict: dict[str, Any], changes: dict[str, Any], 
     return {
         "stage": stage, "start": Path(cfg.model).name, "changes": changes,
         "val_accuracy": round(result.metrics["val_accuracy"], 4), "val_macro_f1": round(result.metrics["val_macro_f1"], 4),
-        **test_scores(result.checkpoint, splits, device), "best_epoch": int(result.metrics["epoch"]),
+        **score_test_split(result.checkpoint, splits, device), "best_epoch": int(result.metrics["epoch"]),
         "seconds": round(seconds, 1), "median_step_seconds": round(result.history[0]["median_step_seconds"], 4),
         "train_rows": len(splits.train) + len(splits.unlabelled), "checkpoint": str(result.checkpoint),
     }
@@ -246,7 +246,7 @@ class Study:
         self.record({"stage": "tfidf", "start": "tfidf", "changes": {},
                      "val_accuracy": round(tfidf.metrics["val_accuracy"], 4),
                      "val_macro_f1": round(tfidf.metrics["val_macro_f1"], 4),
-                     **test_scores(tfidf.checkpoint, self.splits, "cpu"), "seconds": round(time.perf_counter() - t, 1)})
+                     **score_test_split(tfidf.checkpoint, self.splits, "cpu"), "seconds": round(time.perf_counter() - t, 1)})
         starts = [r for r in [self.collect(base_f)] if r]
         dapt = self.collect(dapt_f) if dapt_f else None
 

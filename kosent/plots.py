@@ -63,20 +63,27 @@ def _pyplot() -> Any:
     return plt
 
 
+def _setting(r: Any) -> str:
+    """A trial's learning rate and swept grid values (``TrialRow.params``), as a legend label."""
+    params = getattr(r, "params", None) or {}
+    return ", ".join([f"lr {r.lr:.3g}"] + [f"{k}={v}" for k, v in params.items()])
+
+
 def plot_f1_vs_scale(rows: list[Any], path: str | Path, metric: str = "val_macro_f1") -> Path:
     """Best validation macro F1 of each trial against its dataset scale factor, one line per learning rate
-    (the paper's scaling result). Trials ASHA stopped early are hollow markers; failed trials are left out."""
+    and grid setting (the paper's scaling result). Trials ASHA stopped early are hollow markers; failed
+    trials are left out."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-    by_lr: dict[str, list[Any]] = {}
+    by_setting: dict[str, list[Any]] = {}
     for r in rows:
         if getattr(r, metric, None) is not None and r.outcome != "failed":
-            by_lr.setdefault(f"{r.lr:.3g}", []).append(r)
-    for lr, group in sorted(by_lr.items(), key=lambda kv: float(kv[0])):
+            by_setting.setdefault(_setting(r), []).append(r)
+    for label, group in sorted(by_setting.items(), key=lambda kv: (kv[1][0].lr, kv[0])):
         group = sorted(group, key=lambda r: r.scale)
-        line = ax.plot([r.scale for r in group], [getattr(r, metric) for r in group], "-", label=f"lr {lr}")[0]
+        line = ax.plot([r.scale for r in group], [getattr(r, metric) for r in group], "-", label=label)[0]
         for r in group:
             early = r.outcome != "completed"
             ax.plot([r.scale], [getattr(r, metric)], "o", color=line.get_color(),
@@ -88,8 +95,8 @@ def plot_f1_vs_scale(rows: list[Any], path: str | Path, metric: str = "val_macro
     ax.set_ylabel(f"best {metric}")
     ax.set_title(f"{metric} vs training set size (hollow: stopped early)")
     ax.grid(alpha=0.3)
-    if by_lr:
-        ax.legend()
+    if by_setting:
+        ax.legend(fontsize="small")
     else:
         ax.text(0.5, 0.5, "no trial reported a score", ha="center", va="center", transform=ax.transAxes)
     fig.savefig(path, dpi=110)
@@ -111,7 +118,7 @@ def plot_trial_curves(rows: list[Any], path: str | Path) -> Path:
             points = [(h["epoch"], h[key]) for h in r.history if h.get(key) is not None and h.get("epoch") is not None]
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], "--" if r.outcome == "failed" else "o-",
-                        label=f"lr {r.lr:.3g} x{r.scale}")
+                        label=f"{_setting(r)} x{r.scale}")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         epochs = sorted({int(h["epoch"]) for r in rows for h in r.history if h.get("epoch") is not None})

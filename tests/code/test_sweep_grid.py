@@ -199,3 +199,23 @@ def test_local_folders_in_the_grid_become_absolute(tmp_path, monkeypatch):
     if "teacher" in FIELDS:
         assert _absolute_grid({"teacher": [None, "dapt"]}) == {"teacher": [None, str(tmp_path / "dapt")]}
         assert _absolute(_base(teacher="dapt")).teacher == str(tmp_path / "dapt")
+
+
+def test_scaling_plot_draws_one_line_per_lr_and_grid_setting(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from kosent import plots
+
+    rows = [_row(trial_id=f"t{i}", scale=s, params={"pooling": p}, val_macro_f1=0.5 + i / 100)
+            for i, (s, p) in enumerate([(1, "cls"), (2, "cls"), (1, "mean"), (2, "mean")])]
+    shown: list[str] = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):  # read the legend of the real figure, then save it as usual
+        shown.extend(t.get_text() for t in fig.axes[0].get_legend().get_texts())
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    path = plots.plot_f1_vs_scale(rows, tmp_path / "scale.png")
+    assert path.stat().st_size > 0
+    assert shown == ["lr 0.001, pooling=cls", "lr 0.001, pooling=mean"]

@@ -46,3 +46,35 @@ def tune_job() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 server on a free 127.0.0.1 port for the session: yields ``(endpoint, new_bucket)``, where
+    ``new_bucket(prefix)`` creates an empty bucket and returns its name (each test module takes its own)."""
+    import logging
+    import socket
+    import uuid
+
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) is not installed")
+    import boto3
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+
+    def new_bucket(prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=name)
+        return name
+
+    try:
+        yield endpoint, new_bucket
+    finally:
+        server.stop()

@@ -9,8 +9,6 @@ tests/integration/test_multinode.py runs the whole thing on a real three-node cl
 from __future__ import annotations
 
 import json
-import logging
-import socket
 import uuid
 
 import pytest
@@ -31,25 +29,10 @@ from kosent.checkpoint import (
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """(bucket URI, endpoint): moto's server on a free loopback port, one bucket."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) is not installed")
-    import boto3
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = f"kosent-unit-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
-    try:
-        yield f"s3://{bucket}", endpoint
-    finally:
-        server.stop()
+def s3(moto_s3):
+    """(bucket URI, endpoint): a bucket of its own on the session's moto server (127.0.0.1)."""
+    endpoint, new_bucket = moto_s3
+    return f"s3://{new_bucket('kosent-unit')}", endpoint
 
 
 @pytest.fixture()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
-import logging
 import os
 import shutil
 import signal
@@ -65,23 +64,10 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture()
-def s3_server():
-    """moto's S3 server on 127.0.0.1 (a free port) with one bucket; yields (endpoint, bucket)."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) is not installed")
-    import boto3
-
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    endpoint = f"http://127.0.0.1:{port}"
-    bucket = f"kosent-test-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
-    try:
-        yield endpoint, bucket
-    finally:
-        server.stop()
+def s3_server(moto_s3):
+    """A fresh bucket on the session's moto S3 server (127.0.0.1); yields (endpoint, bucket)."""
+    endpoint, new_bucket = moto_s3
+    return endpoint, new_bucket("kosent-test")
 
 
 def _s3_keys(endpoint: str, bucket: str) -> list[str]:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if not os.environ.get("RAY_ADDRESS") and not any(a == "--address" or a.startswith("--address=") for a in sys.argv):
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ray_jobs/, also when loaded by path
+import _env  # noqa: E402, F401  (first: loopback cluster, no usage stats, kosent importable; see _env.py)
+
+# isort: split
 
 import argparse  # noqa: E402
 import json  # noqa: E402

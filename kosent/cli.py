@@ -5,6 +5,7 @@
     kosent train     --model e5-small-ko --epochs 2           train in this process, evaluate on test
     kosent evaluate  CHECKPOINT [--out DIR] [--source ...]    report on the test split: metrics, plots, errors
     kosent predict   CHECKPOINT "텍스트" ... | --file F        predictions as JSON lines
+    kosent register  MANIFEST --name NAME [--alias A]         the manifest's checkpoint as an MLflow model version
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from kosent import tracking
     from kosent.data import make_splits
     from kosent.evaluate import evaluate_checkpoint
     from kosent.train import fit_local
@@ -92,12 +94,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     splits = make_splits(cfg.data)
     print(splits.report.summary())
-    result = fit_local(cfg, splits, out_dir=args.out)
-    test = evaluate_checkpoint(result.checkpoint, splits.test["text"], splits.test["label"])
-    summary = {"checkpoint": str(result.checkpoint), "val": result.metrics, "test": test}
-    (result.checkpoint.parent / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    # Tracking: the store is beside the run folder (<storage_path>/mlruns, or --out's parent), FAILED on error.
+    storage = str(Path(args.out).resolve().parent) if args.out else cfg.storage_path
+    run = tracking.start_run(cfg.tracking, storage, kind="train", name=cfg.name or (Path(args.out).name if args.out else None),
+                             params=tracking.config_params(cfg), fingerprint=splits.fingerprint)
+    with tracking.tracked(run):
+        result = fit_local(cfg, splits, out_dir=args.out)
+        test = evaluate_checkpoint(result.checkpoint, splits.test["text"], splits.test["label"])
+        summary = {"checkpoint": str(result.checkpoint), "val": result.metrics, "test": test}
+        (result.checkpoint.parent / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        if run is not None:
+            run.log_history(result.history)
+            run.log_metrics(test)
+            run.set_tags({"kosent.checkpoint": str(result.checkpoint)})
+            tracking.safely("log summary.json", run.log_artifact, result.checkpoint.parent / "summary.json")
     print(json.dumps({"checkpoint": str(result.checkpoint), "val_macro_f1": result.metrics["val_macro_f1"],
-                      "test_accuracy": test["test_accuracy"], "test_macro_f1": test["test_macro_f1"]}, indent=2))
+                      "test_accuracy": test["test_accuracy"], "test_macro_f1": test["test_macro_f1"]}
+                     | ({"mlflow_run_id": run.run_id, "tracking_uri": run.uri} if run else {}), indent=2))
     return 0
 
 
@@ -166,6 +179,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_register(args: argparse.Namespace) -> int:
+    """Register the checkpoint a manifest names (a sweep's best trial) as a version in the MLflow registry."""
+    from kosent.tracking import register
+
+    print(json.dumps(register(args.manifest, args.name, alias=args.alias, tracking=args.tracking), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kosent", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TF-IDF share of the log-odds average, or 'auto' for the best on validation (default: 0.5)")
     add_config_args(p, DataConfig)
     p.set_defaults(func=_cmd_ensemble)
+
+    p = sub.add_parser("register", help="register a manifest's checkpoint (a sweep's best) in the MLflow registry")
+    p.add_argument("manifest", help="manifest.json (or its folder) of a tracked train job or sweep")
+    p.add_argument("--name", required=True, help="registered model name, e.g. kosent-nsmc")
+    p.add_argument("--alias", help="point this alias (e.g. champion) at the new version")
+    p.add_argument("--tracking", help="tracking URI (default: $MLFLOW_TRACKING_URI, else the manifest's)")
+    p.set_defaults(func=_cmd_register)
 
     p = sub.add_parser("predict", help="predict labels for texts")
     p.add_argument("checkpoint")

@@ -94,6 +94,9 @@ class TrainConfig:
     storage_path: str = "runs"
     name: str | None = None
     resume: bool = False
+    # Experiment tracking (kosent.tracking): None = $MLFLOW_TRACKING_URI, else a local MLflow store (SQLite) in
+    # <storage_path>/mlruns; "off" = none; anything else = a tracking URI (http://127.0.0.1:5001, sqlite:///...).
+    tracking: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
 
 

@@ -82,6 +82,7 @@ class PaperConfig:
     name: str | None = None
     embeddings: list[str] | None = None  # models whose NSMC test embeddings are drawn; None: the transformers
     max_points: int = 2000
+    tracking: str | None = None  # TrainConfig.tracking of every run (ray_jobs/paper.py passes the job's store)
 
     def lr(self, model: str) -> float:
         return float(self.lrs.get(model, DEFAULT_LRS.get(model, FALLBACK_LR)))
@@ -135,7 +136,7 @@ class PaperConfig:
             model=model, epochs=epochs, lr=self.lr(model), batch_size=self.batch_size, max_length=self.max_length,
             max_steps=self.max_steps, seed=self.seed, num_workers=self.num_workers,
             cpus_per_worker=self.cpus_per_worker, use_gpu=self.use_gpu, storage_path=str(storage), name=name,
-            patience=max(2, epochs), data=data,
+            patience=max(2, epochs), tracking=self.tracking, data=data,
         )
 
     def reduced(self) -> list[str]:

@@ -720,8 +720,16 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, callbacks: list | None = No
                 callbacks=[TBXLoggerCallback(), _janitor_callback(), *(callbacks or [])],
             ),
         )
-    tuner.fit()
-    return finalize(location, sweep=sweep, base=base, seconds=time.perf_counter() - t0)
+    # Tracking (kosent.tracking): the sweep is a parent run from here on; its trials become nested runs in
+    # finalize. Created after the preflight, so a sweep that cannot start leaves no run behind.
+    from kosent import tracking
+
+    run = tracking.start_run(base.tracking, sweep.storage_path, kind="sweep", name=sweep.name,
+                             params=tracking.config_params(to_dict(base) | to_dict(sweep)),
+                             tags={"kosent.sweep": location, "kosent.resumed": sweep.resume or None})
+    with tracking.tracked(run):
+        tuner.fit()
+        return finalize(location, sweep=sweep, base=base, seconds=time.perf_counter() - t0, run=run)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -904,6 +912,21 @@ def write_table(rows: list[TrialRow], folder: str | Path, grid_keys: Iterable[st
     return csv_path, md_path
 
 
+def _track_trials(run: Any, rows: list[TrialRow], sweep: SweepConfig, base: TrainConfig) -> dict[str, Any]:
+    """A nested MLflow run per trial (``kosent.tracking.track_trials``); trial id -> run ({} untracked)."""
+    if run is None:
+        return {}
+    from kosent import tracking
+
+    def config_of(row: TrialRow) -> dict[str, Any]:  # what the trial ran with, as its kosent_trial.json says
+        trial_file = Path(row.path) / TRIAL_FILE
+        if trial_file.is_file():
+            return json.loads(trial_file.read_text(encoding="utf-8"))["config"]
+        return to_dict(trial_config(base, row.lr, row.scale, worker_cpus(sweep, base), row.path, row.params))
+
+    return tracking.safely("log the trials", tracking.track_trials, run, rows, config_of) or {}
+
+
 def markdown_table(rows: list[TrialRow], columns: list[str] | None = None) -> str:
     columns = columns or [c for c in table_columns(_grid_keys(rows)) if c != "checkpoint"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -914,11 +937,13 @@ def markdown_table(rows: list[TrialRow], columns: list[str] | None = None) -> st
     return "\n".join(lines)
 
 
-def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: float = 0.0) -> SweepResult:
+def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: float = 0.0,
+             run: Any = None) -> SweepResult:
     """Table, plots, and (for a sweep that is not interrupted) the test score and the manifest.
 
     ``path`` is the sweep folder or its URI; for a URI the outputs are made in the local mirror
-    (:func:`sweep_dir`) and uploaded next to the trials."""
+    (:func:`sweep_dir`) and uploaded next to the trials. ``run`` is the sweep's ``kosent.tracking.Run``
+    (None: not tracked): each trial becomes a run nested in it, and the manifest names the best trial's."""
     from kosent import plots
 
     location = str(path)
@@ -950,6 +975,7 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
                       f"{''.join(f', {k} {_slug(k, v)}' for k, v in r.params.items())} ({r.outcome})"))
     savings = asha_savings(rows, max_epochs(sweep, base), expected_trials=expected)
     (path / "asha.json").write_text(json.dumps(savings, indent=2), encoding="utf-8")
+    trial_runs = _track_trials(run, rows, sweep, base)
     best = None if interrupted else pick_best(rows)
     manifest, test_metrics, val_metrics = None, {}, {}
     if interrupted:
@@ -978,7 +1004,7 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
                 "sweep": {"name": path.name, "path": location, "metric": METRIC, "mode": MODE,
                           "trials": len(rows), "search_space": to_dict(sweep), "asha": savings,
                           "table": where(table_csv)},
-            },
+            } | ({"mlflow": trial_runs[best.trial_id].lineage()} if best.trial_id in trial_runs else {}),
         )
     if remote:
         from kosent.manifest import MANIFEST_FILE
@@ -988,6 +1014,12 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
                 upload(local, where(local))
         manifest = f"{location}/{MANIFEST_FILE}" if manifest is not None else None
         _log(f"sweep outputs uploaded to {location} (local copy: {path})")
+    if run is not None:
+        from kosent import tracking
+
+        tracking.safely("log the sweep's results", tracking.finish_sweep, run, trial_runs, rows, path,
+                        best_trial_id=best.trial_id if best else None, test_metrics=test_metrics,
+                        interrupted=interrupted)
     return SweepResult(
         path=path, trials=rows, best=best, manifest=manifest, val_metrics=val_metrics, test_metrics=test_metrics,
         table_csv=table_csv, table_md=table_md, plots=plot_paths, tensorboard_dir=path, savings=savings,

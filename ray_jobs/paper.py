@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="run name (default: paper-<time>)")
     p.add_argument("--results-md", default="docs/RESULTS.md", help="the results document (default docs/RESULTS.md)")
     p.add_argument("--figures-dir", default=None, help="its figures (default: <results-md folder>/paper)")
+    p.add_argument("--tracking", default=None,
+                   help="MLflow tracking URI, or 'off' (default: $MLFLOW_TRACKING_URI, else <storage-path>/mlruns)")
     return p
 
 
@@ -96,6 +98,7 @@ def _keep(path: str, what: str, fallback: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kosent import tracking
     from kosent.config import cache_home
     from kosent.data import DataError
     from kosent.models import ModelError
@@ -112,14 +115,26 @@ def main(argv: list[str] | None = None) -> int:
     results_md = _keep(args.results_md, "--results-md", cache_home() / "paper" / name / "RESULTS.md")
     figures_dir = _keep(args.figures_dir, "--figures-dir", Path(results_md).parent / "paper") if args.figures_dir else None
     try:
+        # Tracking: one store for the whole job (the scale sweeps log there too), a parent run for the job and
+        # a run per trained model nested in it (kosent.tracking.track_records).
+        uri = tracking.tracking_uri(args.tracking, values["storage_path"])
+        values["tracking"] = uri or tracking.OFF
         pcfg = PaperConfig(**values)
         pcfg.validate()
         connect(args.address)
-        result = run_paper(pcfg, Path(pcfg.storage_path) / name)
+        run = tracking.start_run(uri or tracking.OFF, pcfg.storage_path, kind="paper", name=name,
+                                 params=tracking.config_params(dataclasses.asdict(pcfg)), tags={"kosent.command": command})
+        with tracking.tracked(run, finish=False):
+            result = run_paper(pcfg, Path(pcfg.storage_path) / name)
     except (PaperError, DataError, ModelError, TrainSetupError, FileNotFoundError, ValueError) as e:
         print(f"ray_jobs/paper.py: error: {e}", file=sys.stderr)
         return 2
-    md, figs = write_results(result, results_md, command, figures_dir)
+    with tracking.tracked(run):
+        md, figs = write_results(result, results_md, command, figures_dir)
+        if run is not None:
+            tracking.safely("log the paper's runs", tracking.track_records, run, result.records)
+            tracking.safely("log the results document", run.log_artifact, md)
+            tracking.safely("log the figures", run.log_artifact, figs["results_json"].parent, "figures")
     print(f"[paper] wrote {md} and {len(figs)} figure file(s) in {figs['results_json'].parent}", flush=True)
     print(f"[paper] {len(result.records)} run(s), {len(result.failed)} failed, {result.seconds:.0f}s in all", flush=True)
     for r in result.failed:

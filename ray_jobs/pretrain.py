@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kosent import tracking
     from kosent.cli import config_from_args
     from kosent.config import PretrainConfig
     from kosent.data import DataError
@@ -53,11 +54,20 @@ def main(argv: list[str] | None = None) -> int:
         connect(args.address)
         from kosent.pretrain import fit_pretrain
 
-        folder = fit_pretrain(cfg, out=args.out)
+        # Tracking: one run for the pretraining job (FAILED if it raises); its epochs, corpus report and folder.
+        run = tracking.start_run(cfg.tracking, cfg.storage_path, kind="pretrain", name=cfg.name,
+                                 params=tracking.config_params(cfg))
+        with tracking.tracked(run, finish=False):
+            folder = fit_pretrain(cfg, out=args.out)
     except (DataError, ModelError, TrainSetupError, FileNotFoundError, ValueError) as e:
         print(f"ray_jobs/pretrain.py: error: {e}", file=sys.stderr)
         return 2
     doc = json.loads((folder / "kosent_pretrain.json").read_text(encoding="utf-8"))
+    with tracking.tracked(run):
+        if run is not None:
+            run.log_history(doc["history"])
+            run.set_tags({"kosent.model_folder": str(folder)})
+            tracking.safely("log kosent_pretrain.json", run.log_artifact, folder / "kosent_pretrain.json")
     print(json.dumps({"model_folder": str(folder), "corpus": doc["corpus"], "history": doc["history"],
                       "next": f"python ray_jobs/train.py --model {folder} ..."}, indent=2), flush=True)
     return 0

@@ -29,6 +29,7 @@ import dataclasses  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,9 +64,10 @@ def _upload(local_dir: Path, run_dir: str, names: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from kosent import tracking
     from kosent.checkpoint import CheckpointError
     from kosent.cli import config_from_args
-    from kosent.config import cache_home, to_dict
+    from kosent.config import cache_home
     from kosent.data import DataError, make_splits
     from kosent.models import ModelError
     from kosent.ray_train import TrainRunError, TrainSetupError, fit, resolve_model
@@ -83,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         splits = make_splits(cfg.data)
         print(splits.report.summary(), flush=True)
         print(f"[train] splits {splits.sizes()} fingerprint {splits.fingerprint[:16]}", flush=True)
-        result = fit(cfg, splits, address=args.address)
+        # Tracking (kosent.tracking): the run is created before training, so a failed fit is recorded FAILED.
+        run = tracking.start_run(cfg.tracking, cfg.storage_path, kind="train", name=cfg.name,
+                                 params=tracking.config_params(cfg), fingerprint=splits.fingerprint)
+        with tracking.tracked(run, finish=False):
+            result = fit(cfg, splits, address=args.address)
     except (DataError, ModelError, CheckpointError, TrainSetupError, FileNotFoundError, ValueError) as e:
         print(f"ray_jobs/train.py: error: {e}", file=sys.stderr)
         return 2
@@ -91,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ray_jobs/train.py: {e}", file=sys.stderr)
         return 1
 
+    with tracking.tracked(run):
+        return _outputs(cfg, splits, result, run)
+
+
+def _outputs(cfg: Any, splits: Any, result: Any, run: Any) -> int:
+    """Test score, summary, curves and manifest of a finished run; all of it logged to ``run`` (when tracked)."""
+    from kosent import tracking
+    from kosent.config import to_dict
     from kosent.evaluate import evaluate_checkpoint
     from kosent.manifest import write_manifest
     from kosent.plots import plot_learning_curves
@@ -113,11 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     plot_learning_curves(result.history, out_dir / "curves.png", title=f"{result.name} ({cfg.model})")
-    extra = {"checkpoint": result.checkpoint_uri} if remote else None
+    extra = {"checkpoint": result.checkpoint_uri} if remote else {}
+    if run is not None:  # lineage: the manifest names the MLflow run of its checkpoint
+        extra[tracking.MANIFEST_KEY] = run.lineage()
     write_manifest(out_dir / "manifest.json", result.checkpoint, val_metrics=result.metrics,
-                   test_metrics=test, source="train", extra=extra)
+                   test_metrics=test, source="train", extra=extra or None)
     if remote:
         _upload(out_dir, result.run_dir, ["summary.json", "curves.png", "manifest.json"])
+    if run is not None:
+        run.set_name(result.name)
+        if cfg.name is None:
+            run.log_params({"name": result.name})
+        run.log_history(result.history)
+        run.log_metrics(test | {"wall_seconds": result.wall_seconds})
+        run.set_tags({"kosent.run_dir": result.run_dir, "kosent.checkpoint": summary["checkpoint"]})
+        for name in ("summary.json", "curves.png", "manifest.json"):
+            tracking.safely(f"log {name}", run.log_artifact, out_dir / name)
     where = result.run_dir if remote else str(out_dir)
     print(json.dumps({
         "run_dir": result.run_dir,
@@ -129,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "curves": f"{where}/curves.png",
         "manifest": f"{where}/manifest.json",
         "wall_seconds": round(result.wall_seconds, 1),
-    }, indent=2), flush=True)
+    } | ({"mlflow_run_id": run.run_id, "tracking_uri": run.uri} if run is not None else {}), indent=2), flush=True)
     return 0
 
 

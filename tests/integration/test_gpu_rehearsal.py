@@ -1,0 +1,88 @@
+"""bench/gpu_ray.sh rehearsed end to end on the CPU at tiny sizes (``--allow-cpu``), as the GPU machine runs it.
+
+A bundle is built for this machine's Python (deflate inside the wheels: quicker to build; the packed
+e5-small-ko model, whose tokenizer the random ``tiny`` BERT of the rehearsal uses), then the script really installs it offline into a folder of its
+own, starts a one-node Ray cluster on 127.0.0.1 with free ports and an empty HOME, and runs the four stages:
+a Ray Train job submitted through the Jobs SDK and the same loop in-process, bench_serve.py, the paper job and
+a Tune sweep with ASHA. The test reads only files the run writes (figures.json, RESULTS.md) and exit statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+import gpu_bundle  # noqa: E402  (bench/gpu_bundle.py)
+
+RUN_TIMEOUT_S = 1200
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(RUN_TIMEOUT_S + 300)
+def test_gpu_script_rehearsal_on_cpu(tmp_path):
+    from kosent.models.e5_offline import resolve
+
+    bundle = tmp_path / "bundle"
+    try:
+        gpu_bundle.build(bundle, python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
+                         compression="deflate", model=resolve("e5-small-ko"))
+    except gpu_bundle.BundleError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the GPU bundle could not be built in CI: {e}")
+        pytest.skip(f"the GPU bundle cannot be built here: {e}")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"PYTHON": sys.executable}
+    env.pop("OUT", None)
+    proc = subprocess.Popen(
+        ["bash", "bench/gpu_ray.sh", "--allow-cpu", "--bundle", str(bundle), "--out", str(out), "--num-cpus", "2",
+         "--budget-s", str(RUN_TIMEOUT_S - 60), "--work-root", str(tmp_path)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"bench/gpu_ray.sh ran past {RUN_TIMEOUT_S} s:\n{output[-6000:]}")
+    assert proc.returncode == 0, output[-8000:]
+
+    figures = json.loads((out / "figures.json").read_text(encoding="utf-8"))
+    stages = figures["stages"]
+    assert list(stages) == ["train", "serve", "paper", "tune"]
+    assert all(s["ok"] for s in stages.values()), json.dumps(stages, indent=1)[-4000:]
+    assert figures["install"]["wheels"] == len(list((bundle / "wheels").glob("*.whl")))
+    assert figures["cluster"]["address"].startswith("127.0.0.1:")
+
+    train = stages["train"]
+    assert train["ray_job"]["status"] == "SUCCEEDED"
+    assert 0.0 <= train["ray"]["test_accuracy"] <= 1.0
+    assert train["ray"]["samples_per_second"] > 0 and train["in_process"]["samples_per_second"] > 0
+    assert set(train["ray_overhead_percent"]) == {"samples_per_second", "steady_samples_per_second"}
+
+    assert stages["serve"]["ran"] and any("Serve HTTP, c=32" in line for line in stages["serve"]["tables"])
+    assert (out / "serve.md").is_file()
+
+    paper = stages["paper"]
+    assert {(r["experiment"], r["model"]) for r in paper["results"]} >= {("baselines", "tiny"), ("scale", "tfidf"),
+                                                                         ("kmhas", "tfidf")}
+    assert not any(r["error"] for r in paper["results"])
+    assert "<!--" in (out / "RESULTS.md").read_text(encoding="utf-8")
+    with tarfile.open(out / "paper.tar.gz") as tar:
+        assert any(n.endswith("results.json") for n in tar.getnames())
+
+    tune = stages["tune"]
+    assert tune["exit_status"] == 0 and len(tune["trials"]) >= 4  # header, rule, one row per trial
+    assert "trials" in json.dumps(tune["asha"])
+    # Everything comes back in the few files the GPU machine returns (at most 8, no deeper than 2 folders).
+    returned = [p for p in out.rglob("*") if p.is_file()]
+    assert len(returned) <= 8 and all(len(p.relative_to(out).parts) <= 3 for p in returned), returned

@@ -185,7 +185,7 @@ def main() -> int:
     from ray import serve
 
     from kosent.predict import Predictor
-    from serve.app import app_builder
+    from kosent.serve import app_builder
 
     torch.set_num_threads(threads)
     pred = Predictor.from_checkpoint(checkpoint, batch_size=max(64, args.raw_batch))

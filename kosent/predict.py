@@ -50,7 +50,7 @@ class Predictor:
         if is_uri(path):
             path = fetch_checkpoint(str(path))
         if read_meta(path)["model_type"] == "tfidf":
-            return TfidfPredictor(path)
+            return TfidfPredictor(path, batch_size=kwargs.get("batch_size", 64))
         model, tokenizer, meta = load_checkpoint(path, device=device)
         predictor = cls(model, tokenizer, meta, device=device, **kwargs)
         predictor.path = Path(path)
@@ -91,13 +91,22 @@ class Predictor:
 
 
 class TfidfPredictor(Predictor):
-    """The TF-IDF baseline behind the same interface (its checkpoint has no torch model)."""
+    """The TF-IDF baseline behind the same interface (its checkpoint has no torch model or tokenizer).
 
-    def __init__(self, path: str | Path) -> None:
+    It sets every attribute a :class:`Predictor` has, so callers that describe a model (Serve's ``GET /model``)
+    need no special case; ``max_length`` is None: character n-grams see the whole text."""
+
+    def __init__(self, path: str | Path, batch_size: int = 64) -> None:
         self.path = Path(path)
+        self.model = None
+        self.tokenizer = None
         self.meta = read_meta(path)
         self.label_names = self.meta["label_names"]
+        self.max_length = None
+        self.batch_size = batch_size
+        self.device = torch.device("cpu")
         self.tfidf = TfidfClassifier.load(path)
+        self.tfidf_weight = 1.0
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         p = self.tfidf.predict_proba(list(texts)) if texts else np.zeros(0)

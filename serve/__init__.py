@@ -1,1 +1,2 @@
-"""The Ray Serve application (``serve.app``) and its ``config.yaml``."""
+"""``serve/config.yaml`` and ``serve.app``, a shim kept for old import paths: the Serve application is
+:mod:`kosent.serve`, installed with kosent."""

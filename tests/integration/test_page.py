@@ -8,7 +8,6 @@ playwright``; its own browser download, ``playwright install``, is never used). 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,8 +17,6 @@ import requests
 pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # `serve.app` lives at the repository root, outside the installed package
-    sys.path.insert(0, str(REPO))
 CHROMIUM = Path(os.environ.get("KOSENT_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -46,7 +43,7 @@ def browser():
 def page_url(ray_cluster, serve_checkpoints, browser, free_port):
     from ray import serve
 
-    from serve.app import app_builder
+    from kosent.serve import app_builder
 
     port = free_port(int(os.environ.get("KOSENT_TEST_PAGE_PORT", "8124")))
     serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})

@@ -1,0 +1,257 @@
+"""Settings of the Serve application: which models answer (``ModelSet``, hot-swappable ``ServingConfig``) and
+everything else (``ServeArgs``), plus resolving a manifest or checkpoint (local or ``s3://``) to a folder.
+
+No Ray import here: the settings are validated by ``ray_jobs/deploy.py`` and the unit tests before any
+cluster exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Relative paths in settings are tried as given, then against the checkout (``serve deploy`` runs elsewhere).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_NAME = "default"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _mapping_arg(value: Any) -> Any:
+    """``serve run ... models=a=/x,b=/y`` and ``models='{"a": "/x"}'`` both become a dict."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        return json.loads(text)
+    out = {}
+    for part in text.split(","):
+        name, sep, path = part.partition("=")
+        if not sep:
+            raise ValueError(f"expected NAME=PATH pairs separated by commas, got {part!r}")
+        out[name.strip()] = path.strip()
+    return out
+
+
+class ModelSet(BaseModel):
+    """Which checkpoints answer: ``manifest`` or ``checkpoint`` name the default model, ``models`` maps more
+    names to a manifest or checkpoint each (multiplexing); ``default_model`` answers requests naming none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: str | None = Field(None, description="manifest.json (or its folder) naming the checkpoint")
+    checkpoint: str | None = Field(None, description="a checkpoint folder, instead of a manifest")
+    models: dict[str, str] = Field(default_factory=dict, description="name -> manifest or checkpoint")
+    default_model: str | None = Field(None, description="name answering requests that name no model")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _parse_models(cls, value: Any) -> Any:
+        return _mapping_arg(value)
+
+    @field_validator("models")
+    @classmethod
+    def _check_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _MODEL_NAME.match(name):
+                raise ValueError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_sources(self) -> ModelSet:
+        if self.manifest and self.checkpoint:
+            raise ValueError("give 'manifest' or 'checkpoint', not both")
+        if not (self.manifest or self.checkpoint or self.models):
+            raise ValueError("no model: give 'manifest' (runs/.../manifest.json), 'checkpoint' or 'models'")
+        self.model_sources()
+        return self
+
+    def model_sources(self) -> tuple[dict[str, str], str]:
+        """(name -> source path, default name)."""
+        sources = dict(self.models)
+        main = self.manifest or self.checkpoint
+        if main:
+            name = self.default_model or DEFAULT_NAME
+            if name in sources and sources[name] != main:
+                raise ValueError(f"model {name!r} is named both in 'models' and by 'manifest'/'checkpoint'")
+            sources[name] = main
+        default = self.default_model or (DEFAULT_NAME if main else next(iter(sources)))
+        if default not in sources:
+            raise ValueError(f"default_model {default!r} is not one of the models: {', '.join(sorted(sources))}")
+        return sources, default
+
+
+class ServingConfig(ModelSet):
+    """The deployment's ``user_config``: changing it reconfigures running replicas in place (hot swap)."""
+
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
+    batch_wait_timeout_s: float | None = Field(None, ge=0, le=10)
+    revision: str | int | None = Field(None, description="change it to reload a manifest rewritten in place")
+
+
+class ServeArgs(ModelSet):
+    """Every argument of the application (``app_builder`` args, ``serve/config.yaml`` ``args:``)."""
+
+    # dynamic batching
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    adaptive_batch_wait: bool = Field(True, description="skip the batch wait while a request is alone in the replica")
+    # limits
+    max_texts: int = Field(64, ge=1, description="most texts in one request (more: 413)")
+    max_text_chars: int = Field(2000, ge=1, description="longest text in characters (longer: 413)")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline per request; the X-Request-Timeout-S "
+                                     "header may shorten it (admission refuses what cannot make it: 503)")
+    admission: bool = Field(True, description="refuse at once (503 + Retry-After) a request whose estimated "
+                            "wait + service time exceeds its deadline")
+    max_ongoing_requests: int | None = Field(None, ge=2, description="requests a replica holds at once "
+                                             "(default: max(64, 4 x max_batch_size))")
+    max_queued_requests: int = Field(64, ge=-1, description="queued per caller; beyond: 503 at once")
+    # auth
+    auth_token: str | None = Field(None, description="bearer token required on /predict, /model, /stats")
+    auth_token_env: str = Field("KOSENT_SERVE_TOKEN", description="env var read in the replica for the token")
+    # resources and autoscaling
+    num_cpus: float = Field(1.0, gt=0, description="ray_actor_options num_cpus; torch threads follow it")
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    upscale_delay_s: float = Field(5.0, ge=0)
+    downscale_delay_s: float = Field(60.0, ge=0)
+    autoscaling: dict[str, Any] = Field(default_factory=dict, description="extra autoscaling_config keys")
+    max_surge_percent: int = Field(100, ge=0, le=100, description="redeploys keep old replicas until new ones are up")
+
+    @field_validator("autoscaling", mode="before")
+    @classmethod
+    def _parse_autoscaling(cls, value: Any) -> Any:
+        return _mapping_arg(value)
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> ServeArgs:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
+        return self
+
+    def ongoing_limit(self) -> int:
+        """Requests a replica holds at once (Serve's ``max_ongoing_requests``)."""
+        return self.max_ongoing_requests or max(64, 4 * self.max_batch_size)
+
+    def admitted_limit(self) -> int:
+        """Admitted requests a replica holds at most: the rest of ``ongoing_limit`` stays free, so a request
+        that will be refused reaches the replica (and its 503) at once instead of queueing in Serve's proxy
+        behind admitted work."""
+        limit = self.ongoing_limit()
+        return max(1, limit - max(2, limit // 8))
+
+
+def _find(path: str, base: Path | None = None) -> Path:
+    """A path as given if it exists, else relative to the repository (``serve deploy`` runs elsewhere)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    for root in (base, REPO_ROOT):
+        if root is not None and (root / p).exists():
+            return (root / p).resolve()
+    return p.resolve()
+
+
+def _read_manifest(location: str) -> dict[str, Any]:
+    """A manifest file, local or on object storage (checked like ``kosent.manifest.read_manifest``)."""
+    from kosent.checkpoint import is_uri, read_checked_json
+    from kosent.manifest import ManifestError, read_manifest
+
+    if not is_uri(location):
+        return read_manifest(location)
+    try:
+        return read_checked_json(location, ("checkpoint", "label_names", "data_fingerprint"), ManifestError)
+    except FileNotFoundError as e:
+        raise ManifestError(f"{location}: manifest not found (or not readable with this node's storage "
+                            "credentials)") from e
+
+
+def resolve_remote(source: str, fetch: bool = True) -> dict[str, Any]:
+    """Like :func:`resolve_source` for a URI (``s3://...``): a manifest (``.json``, or a prefix holding
+    ``manifest.json``) or a checkpoint prefix (holding ``kosent.json``). With ``fetch`` the checkpoint is
+    copied to this node's cache (``kosent.checkpoint.fetch_checkpoint``) and ``checkpoint`` is that folder;
+    without, only its ``kosent.json`` is checked (the builder does this; every replica fetches)."""
+    from kosent.checkpoint import META_FILE, exists, fetch_checkpoint, is_uri, read_meta
+    from kosent.manifest import MANIFEST_FILE
+
+    source = source.rstrip("/")
+    manifest = None
+    if source.endswith(".json"):
+        manifest = source
+    elif not exists(f"{source}/{META_FILE}"):
+        if not exists(f"{source}/{MANIFEST_FILE}"):
+            raise FileNotFoundError(f"{source}: neither a manifest.json nor a checkpoint (no {META_FILE} there)")
+        manifest = f"{source}/{MANIFEST_FILE}"
+    ckpt = source
+    if manifest is not None:
+        ckpt = str(_read_manifest(manifest)["checkpoint"])
+        if not is_uri(ckpt):  # a manifest on storage naming a local folder: it must exist on this node
+            ckpt = str(_find(ckpt))
+    if not is_uri(ckpt):
+        read_meta(ckpt)
+        return {"source": source, "manifest": manifest, "checkpoint": ckpt}
+    if fetch:
+        local = str(fetch_checkpoint(ckpt))  # checks its kosent.json first
+    else:
+        read_meta(ckpt)
+        local = ckpt
+    return {"source": source, "manifest": manifest, "checkpoint": local, "checkpoint_uri": ckpt}
+
+
+def resolve_source(source: str, fetch: bool = True) -> dict[str, Any]:
+    """``{"source", "manifest" (or None), "checkpoint"}`` for a manifest file/folder or a checkpoint folder
+    (a URI too: :func:`resolve_remote`)."""
+    from kosent.checkpoint import META_FILE, is_uri, read_meta
+    from kosent.manifest import MANIFEST_FILE, read_manifest
+
+    if is_uri(source):
+        return resolve_remote(source, fetch=fetch)
+    path = _find(source)
+    if path.is_dir() and (path / META_FILE).is_file():
+        read_meta(path)
+        return {"source": str(path), "manifest": None, "checkpoint": str(path)}
+    if path.is_file() or (path.is_dir() and (path / MANIFEST_FILE).is_file()):
+        manifest = path / MANIFEST_FILE if path.is_dir() else path
+        doc = read_manifest(manifest)
+        ckpt = str(doc["checkpoint"])
+        if is_uri(ckpt):  # a local manifest naming a checkpoint on object storage
+            remote = resolve_remote(ckpt, fetch=fetch)
+            return remote | {"source": str(manifest), "manifest": str(manifest)}
+        ckpt_path = _find(ckpt, base=manifest.parent)
+        read_meta(ckpt_path)
+        return {"source": str(manifest), "manifest": str(manifest), "checkpoint": str(ckpt_path)}
+    raise FileNotFoundError(
+        f"{source}: neither a manifest.json nor a checkpoint folder (with kosent.json); "
+        "a sweep or `kosent train` writes one under runs/"
+    )
+
+
+def resolve_models(models: ModelSet, fetch: bool = True) -> tuple[dict[str, dict[str, Any]], str]:
+    """(name -> resolved source, default name); raises with the path and what is wrong."""
+    sources, default = models.model_sources()
+    return {name: resolve_source(src, fetch=fetch) for name, src in sources.items()}, default
+
+
+def _absolute(source: str) -> str:
+    return source if "://" in source else str(_find(source))
+
+
+def serving_config(args: ServeArgs) -> dict[str, Any]:
+    """The hot-swappable part of ``args`` as ``user_config``, paths made absolute (and checked now; a URI's
+    checkpoint is only checked here, and fetched by each replica on its own node)."""
+    resolve_models(args, fetch=False)
+    absolute = {k: _absolute(v) for k, v in (("manifest", args.manifest), ("checkpoint", args.checkpoint)) if v}
+    return ServingConfig(
+        **absolute,
+        models={name: _absolute(src) for name, src in args.models.items()},
+        default_model=args.default_model,
+        max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_timeout_s,
+    ).model_dump(exclude_none=True)
+

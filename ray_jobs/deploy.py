@@ -1,4 +1,4 @@
-"""Deploy the Serve application (serve/app.py) for a manifest or checkpoint and print its URL.
+"""Deploy the Serve application (kosent.serve) for a manifest or checkpoint and print its URL.
 
 Against a running cluster (the app keeps running after this script exits; see docs/SERVING.md):
 
@@ -10,9 +10,17 @@ On this machine alone (starts a local cluster on 127.0.0.1 and serves until Ctrl
 
     python ray_jobs/deploy.py --manifest runs/sweeps/nsmc-sweep/manifest.json
 
-Any serve.app.ServeArgs field is a flag too (``--max-replicas 2``, ``--auth-token-env VAR``,
-``--model tiny=runs/tiny/manifest.json`` for multiplexing). Exit status: 0 deployed (or stopped with
-Ctrl+C), 2 bad settings, 1 the app did not become healthy.
+Any kosent.serve.ServeArgs field is a flag too (``--max-replicas 2``, ``--auth-token-env VAR``,
+``--model tiny=runs/tiny/manifest.json`` for multiplexing).
+
+Before deploying it checks that the replicas fit the cluster's free CPUs. A redeploy over a running app
+starts its new replicas beside the old ones (``max_surge_percent``); when they cannot fit it stops at once
+and names the ways out: ``--replace`` (replace in place: old replicas stop first, requests wait in
+Serve's proxy, or get 503, until a new one is up) or a smaller ``--num-cpus``. While Serve brings the app up, its status is
+printed every few seconds, and a replica that stays unschedulable ends the wait with Serve's reason.
+
+Exit status: 0 deployed (or stopped with Ctrl+C), 2 bad settings or no room for the replicas, 1 the app
+did not become healthy.
 """
 
 from __future__ import annotations
@@ -27,19 +35,26 @@ import _env  # noqa: E402, F401  (first: loopback cluster, no usage stats, kosen
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if _env.JOINS_CLUSTER:
-    os.environ.setdefault("KOSENT_JOIN_CLUSTER", "1")  # serve.app then leaves the node address alone
+    os.environ.setdefault("KOSENT_JOIN_CLUSTER", "1")  # kosent.serve then leaves the node address alone
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
 import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 
 SKIP = {"manifest", "checkpoint", "models", "autoscaling"}  # flags with their own spelling below
+DEPLOYMENT = "KosentServer"
+#: Serve's words for a replica that waits for resources the cluster does not have free.
+UNSCHEDULABLE = ("cannot be scheduled", "could not be scheduled", "insufficient resources", "resources required",
+                 "unschedulable", "pending resources", "waiting for resources")
+log = logging.getLogger("kosent.deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from serve.app import ServeArgs
+    from kosent.serve import ServeArgs
 
     parser = argparse.ArgumentParser(
         prog="ray_jobs/deploy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="kosent", help="application name")
     parser.add_argument("--route-prefix", default="/", help="URL prefix of the application")
     parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for /healthz")
+    parser.add_argument("--replace", action="store_true",
+                        help="redeploy in place (max_surge_percent 0): old replicas stop before new ones start, so "
+                             "requests wait (or get 503) for a replica's start-up time; for clusters without room "
+                             "for new replicas beside the old")
+    parser.add_argument("--unschedulable-s", type=float, default=20.0,
+                        help="give up when a replica stays unschedulable this long (Serve's reason is printed)")
     parser.add_argument("--block", action="store_true",
                         help="keep running after deploying (always so when this script started the cluster)")
     for name, info in ServeArgs.model_fields.items():
@@ -73,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def serve_args(ns: argparse.Namespace) -> dict:
-    from serve.app import ServeArgs
+    from kosent.serve import ServeArgs
 
     args = {k: getattr(ns, k) for k in ServeArgs.model_fields if k not in SKIP and getattr(ns, k) is not None}
     if ns.manifest:
@@ -90,7 +111,76 @@ def serve_args(ns: argparse.Namespace) -> dict:
         args["models"] = models
     if ns.autoscaling:
         args["autoscaling"] = json.loads(ns.autoscaling)
+    if ns.replace:
+        args["max_surge_percent"] = 0
     return args
+
+
+def room_problem(args, free_cpus: float, running: int, app: str) -> str | None:  # noqa: ANN001 - ServeArgs
+    """Why the replicas this deploy starts cannot fit ``free_cpus`` (None when they can). ``running`` is the
+    number of replicas the app has now: a redeploy starts ``max_surge_percent`` of them beside the old ones."""
+    if running:
+        starting = max(1, math.ceil(running * args.max_surge_percent / 100)) if args.max_surge_percent else 0
+        need = starting * args.num_cpus
+        if need <= free_cpus + 1e-9:
+            return None
+        fewer = free_cpus if free_cpus >= 0.01 else None
+        ways = ["  --replace            replace in place (max_surge_percent 0): the old replica stops first; until "
+                "the new one is up (a replica's start-up: model load and warm-up, about 10-30 s on a 2-core "
+                "machine) requests wait in Serve's proxy (up to max_queued_requests; more get 503)"]
+        if fewer:
+            ways.append(f"  --num-cpus {fewer:g}        new replicas small enough to start beside the old ones")
+        ways.append(f"  serve delete {app}     then deploy again (the endpoint is down meanwhile)")
+        return (f"app '{app}' runs {running} replica(s); this redeploy starts {starting} new replica(s) of "
+                f"{args.num_cpus:g} CPU beside them before stopping the old ones (max_surge_percent "
+                f"{args.max_surge_percent}), but the cluster has {free_cpus:g} CPU free. Serve would wait for "
+                "CPUs that never come. Ways out:\n" + "\n".join(ways))
+    starting = max(1, args.min_replicas)
+    if starting * args.num_cpus > free_cpus + 1e-9:
+        return (f"{starting} replica(s) of {args.num_cpus:g} CPU need {starting * args.num_cpus:g} CPU; the cluster "
+                f"has {free_cpus:g} free. Use --num-cpus {max(0.01, free_cpus / starting):g} or free CPUs first.")
+    return None
+
+
+def running_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or DEPLOYMENT not in status.deployments:
+        return 0
+    return status.deployments[DEPLOYMENT].replica_states.get("RUNNING", 0)
+
+
+def wait_running(app: str, timeout_s: float, unschedulable_s: float) -> None:
+    """Wait until Serve reports ``app`` RUNNING, printing its status as it changes; raise with Serve's reason
+    when it fails to deploy or a replica stays unschedulable for ``unschedulable_s``."""
+    from ray import serve
+
+    t0 = time.monotonic()
+    last, stuck_since = None, None
+    while time.monotonic() - t0 < timeout_s:
+        status = serve.status().applications.get(app)
+        if status is not None:
+            dep = status.deployments.get(DEPLOYMENT)
+            message = " ".join(m for m in (status.message, dep.message if dep else "") if m).strip()
+            state = f"{status.status}" + (f" ({dep.status}, replicas {dict(dep.replica_states)})" if dep else "")
+            if status.status == "RUNNING":
+                return
+            if status.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise RuntimeError(f"app '{app}' {status.status}: {message or 'see serve status'}")
+            if (state, message) != last:
+                log.info(f"waiting for '{app}': {state}{': ' + message if message else ''}")
+                last = (state, message)
+            if any(word in message.lower() for word in UNSCHEDULABLE):
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > unschedulable_s:
+                    raise RuntimeError(f"a replica of '{app}' cannot be scheduled: {message}. The update stays "
+                                       "pending in the cluster: deploy again with --replace or a smaller "
+                                       f"--num-cpus, or `serve delete {app}`")
+            else:
+                stuck_since = None
+        time.sleep(1.0)
+    raise TimeoutError(f"app '{app}' not RUNNING after {timeout_s:.0f}s; see `serve status`")
 
 
 def wait_healthy(url: str, timeout_s: float) -> dict:
@@ -108,11 +198,12 @@ def wait_healthy(url: str, timeout_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     parser = build_parser()
     ns = parser.parse_args(argv)
     from pydantic import ValidationError
 
-    from serve.app import ServeArgs, build
+    from kosent.serve import ServeArgs, build
 
     try:
         args = ServeArgs(**serve_args(ns))
@@ -131,14 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ray.init(address=ns.address)
     serve.start(http_options={"host": ns.host, "port": ns.port, "request_timeout_s": ns.http_timeout_s})
+    problem = room_problem(args, ray.available_resources().get("CPU", 0.0), running_replicas(ns.name), ns.name)
+    if problem:
+        print(f"deploy: not deployed: {problem}", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
-    serve.run(app, name=ns.name, route_prefix=ns.route_prefix, blocking=False)
+    # Not serve.run: it waits silently for as long as a replica cannot be scheduled.
+    serve.run_many([serve.RunTarget(app, name=ns.name, route_prefix=ns.route_prefix)],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     prefix = ns.route_prefix.rstrip("/")
     url = f"http://{ns.host}:{ns.port}{prefix}"
     try:
-        health = wait_healthy(f"{url}/healthz", ns.wait_s)
-    except TimeoutError as e:
-        print(f"deploy: {e}; see `serve status`", file=sys.stderr)
+        wait_running(ns.name, ns.wait_s, ns.unschedulable_s)
+        health = wait_healthy(f"{url}/healthz", max(10.0, ns.wait_s - (time.monotonic() - t0)))
+    except (TimeoutError, RuntimeError) as e:
+        print(f"deploy: {e}", file=sys.stderr)
         return 1
     print(f"kosent is serving model '{health['model']}' at {url}/ ({time.monotonic() - t0:.0f}s)")
     print(f"  try it:  curl -s {url}/predict -H 'Content-Type: application/json' -d '{{\"text\": \"정말 재미있어요\"}}'")

@@ -124,3 +124,18 @@ def test_page_is_a_static_file_of_the_package():
     assert '<option value="x&quot;y" selected>x&quot;y</option>' in html
     assert 'id="token-label" hidden' in html
     assert "http://" not in html and "https://" not in html
+
+
+def test_config_yaml_imports_the_package_and_its_args_validate():
+    import importlib
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "serve" / "config.yaml").read_text(encoding="utf-8"))
+    (app,) = cfg["applications"]
+    module, _, attr = app["import_path"].partition(":")
+    assert module == "kosent.serve"
+    assert callable(getattr(importlib.import_module(module), attr))
+    args = ServeArgs(**app["args"])
+    assert args.admission and args.request_timeout_s == 30 and args.max_queued_requests == 64
+    assert cfg["http_options"]["host"] == "127.0.0.1"

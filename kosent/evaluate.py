@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,26 @@ from kosent.metrics import Calibration, calibration, check_predictions, classifi
 from kosent.predict import Predictor
 
 REPORT_FILE = "report.json"
+logger = logging.getLogger(__name__)
+
+
+def predict_with_progress(predictor: Predictor, texts: Sequence[str], what: str = "texts",
+                          pieces: int = 10, min_piece: int = 256) -> np.ndarray:
+    """``predictor.predict_proba(texts)`` in about ``pieces`` pieces, logging texts/s and the ETA after each.
+
+    Scoring a 5,000-review test split takes about a minute on two CPU cores: silence that long reads as a
+    hang. Pieces of a few hundred texts keep the length-sorted batching nearly as tight as one call."""
+    size = max(min_piece, -(-len(texts) // pieces))
+    if len(texts) <= size:
+        return predictor.predict_proba(texts)
+    t0, parts = time.perf_counter(), []
+    for start in range(0, len(texts), size):
+        parts.append(predictor.predict_proba(texts[start:start + size]))
+        done = min(len(texts), start + size)
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        logger.info("scoring the %s: %d/%d texts, %.0f texts/s, eta %.0f s", what, done, len(texts), rate,
+                    (len(texts) - done) / rate)
+    return np.concatenate(parts)
 
 
 def evaluate_checkpoint(
@@ -40,7 +61,7 @@ def evaluate_checkpoint(
     """Metrics of ``checkpoint`` on ``texts``; refuses data whose label names differ from the checkpoint's."""
     t0 = time.perf_counter()
     predictor = Predictor.from_checkpoint(checkpoint)
-    probs = predictor.predict_proba(texts)
+    probs = predict_with_progress(predictor, texts, what=f"{prefix.rstrip('_')} split")
     metrics = classification_metrics(labels, probs, predictor.label_names, prefix=prefix)
     metrics[f"{prefix}seconds"] = time.perf_counter() - t0
     metrics[f"{prefix}size"] = len(texts)
@@ -245,4 +266,4 @@ def evaluate_report(
     return ev
 
 
-__all__ = ["Evaluation", "evaluate_checkpoint", "evaluate_report", "most_confident_errors"]
+__all__ = ["Evaluation", "evaluate_checkpoint", "evaluate_report", "most_confident_errors", "predict_with_progress"]

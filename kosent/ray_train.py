@@ -53,6 +53,7 @@ from kosent import distill  # noqa: E402
 from kosent.checkpoint import META_FILE, STATE_DIR, read_meta  # noqa: E402
 from kosent.config import TrainConfig, cache_home, from_dict, to_dict  # noqa: E402
 from kosent.data import DataReport, Splits, make_splits  # noqa: E402
+from kosent.logs import QUIET_LIBRARY_ENV  # noqa: E402
 from kosent.train import Session, log, seed_everything, train_loop  # noqa: E402
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 in the run folder
@@ -443,7 +444,8 @@ def check_run_folder(cfg: TrainConfig, fingerprint: str) -> str | None:
 
 
 def _worker_env(cfg: TrainConfig) -> dict[str, str]:
-    env = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    env = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+           **QUIET_LIBRARY_ENV}
     for name in ("KOSENT_HOME", "HF_HUB_OFFLINE", "HF_HOME"):
         if os.environ.get(name):
             env[name] = os.environ[name]

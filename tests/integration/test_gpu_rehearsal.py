@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import gpu_bundle  # noqa: E402  (bench/gpu_bundle.py)
 
-RUN_TIMEOUT_S = 1200
+RUN_TIMEOUT_S = 1500
 
 
 @pytest.mark.ray

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kosent.config import DataConfig, TrainConfig, from_dict, load_yaml, to_dict
+from kosent.logs import setup as setup_logging
 
 _SKIP = {"data"}
 
@@ -249,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     from kosent.models import ModelError
 
     args = build_parser().parse_args(argv)
+    setup_logging()
     try:
         return args.func(args)
     except (DataError, ModelError, CheckpointError, FileNotFoundError, ValueError) as e:

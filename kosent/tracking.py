@@ -530,40 +530,48 @@ def model_version(uri: str, tracking: str | None = None) -> Any:
     m = _REGISTRY_URI.match(str(uri))
     if not m:
         raise TrackingError(f"{uri}: not a registered model URI (models:/<name>/<version> or models:/<name>@<alias>)")
-    client = _mlflow_client(_registry_uri(tracking), required=True)
+    client = _mlflow_client(registry_uri(tracking), required=True)
     try:
         if m.group("alias"):
             return client.get_model_version_by_alias(m.group("name"), m.group("alias"))
         return client.get_model_version(m.group("name"), m.group("version"))
     except Exception as e:  # noqa: BLE001
-        raise TrackingError(f"{uri}: not found in the registry at {_registry_uri(tracking)}: "
+        raise TrackingError(f"{uri}: not found in the registry at {registry_uri(tracking)}: "
                             f"{type(e).__name__}: {e}") from e
 
 
-def _registry_uri(tracking: str | None) -> str:
+def registry_uri(tracking: str | None = None) -> str:
+    """Where ``models:/`` URIs are looked up: ``tracking`` when given, else ``$MLFLOW_REGISTRY_URI`` or
+    ``$MLFLOW_TRACKING_URI``, else the default local store of runs started from this folder
+    (``runs/mlruns/mlflow.db``, where ``kosent register`` puts versions of untracked-server runs)."""
     uri = tracking or os.environ.get("MLFLOW_REGISTRY_URI") or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise TrackingError("a models:/ URI needs a registry: set MLFLOW_TRACKING_URI (or pass the tracking URI)")
-    return _absolute_store(uri)
+    if uri:
+        return _absolute_store(uri)
+    local = Path("runs").resolve() / STORE_DIR / STORE_DB
+    if local.is_file():
+        return f"sqlite:///{local}"
+    raise TrackingError(f"a models:/ URI needs a registry and there is none here ({local} does not exist): "
+                        "give the tracking URI (--tracking) or set MLFLOW_TRACKING_URI")
 
 
 def resolve_registered_model(uri: str, tracking: str | None = None, dest: str | Path | None = None) -> dict[str, Any]:
     """Download the checkpoint of a registered model version into ``dest`` (default
-    ``$KOSENT_HOME/registry/<name>/<version>``, reused when already there) for Serve or ``kosent predict``.
+    ``$KOSENT_HOME/registry/<name>/<version>-<run id>``, reused when already there) for Serve or ``kosent predict``.
 
     Returns ``{"checkpoint": local folder, "model_uri", "name", "version", "run_id", "source"}``: the lineage
     ``GET /model`` shows for a registered model."""
     from kosent.checkpoint import META_FILE
 
     mv = model_version(uri, tracking)
-    folder = Path(dest) if dest else cache_home() / "registry" / mv.name / str(mv.version)
+    # Keyed by the run too: version 1 of the same name in another registry is another checkpoint.
+    folder = Path(dest) if dest else cache_home() / "registry" / mv.name / f"{mv.version}-{mv.run_id}"
     if not (folder / META_FILE).is_file():
         from mlflow.artifacts import download_artifacts
 
         tmp = folder.with_name(f".{folder.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        local = Path(download_artifacts(artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=_registry_uri(tracking)))
+        local = Path(download_artifacts(artifact_uri=mv.source, dst_path=str(tmp), tracking_uri=registry_uri(tracking)))
         if not (local / META_FILE).is_file():
             raise TrackingError(f"{uri}: version {mv.version}'s files ({mv.source}) are not a kosent checkpoint")
         shutil.rmtree(folder, ignore_errors=True)
@@ -576,6 +584,6 @@ def resolve_registered_model(uri: str, tracking: str | None = None, dest: str | 
 
 __all__ = [
     "OFF", "MANIFEST_KEY", "Run", "TrackingError", "config_params", "finish_sweep", "git_commit", "history_metrics",
-    "is_registry_uri", "manifest_lineage", "model_version", "register", "resolve_registered_model", "safely",
+    "is_registry_uri", "manifest_lineage", "model_version", "register", "registry_uri", "resolve_registered_model", "safely",
     "start_run", "track_records", "track_trials", "tracked", "tracking_uri", "trial_fingerprint",
 ]

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--manifest", help="manifest.json (or its folder) naming the checkpoint to serve")
-    src.add_argument("--checkpoint", help="a checkpoint folder to serve directly")
+    src.add_argument("--checkpoint", help="a checkpoint folder to serve directly, or a registered model version "
+                     "(models:/NAME/VERSION or models:/NAME@ALIAS, looked up in --tracking)")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
                         help="another model behind the endpoint (manifest or checkpoint); repeatable")
     parser.add_argument("--autoscaling", help="extra autoscaling_config keys as JSON")

@@ -313,7 +313,8 @@ class KosentServer:
             "model": model.name,
             "default_model": default,
             "models": [
-                {"name": n, "checkpoint": s["checkpoint"], "manifest": s.get("manifest"), "default": n == default,
+                {"name": n, "checkpoint": s["checkpoint"], "manifest": s.get("manifest"),
+                 "model_uri": (s.get("registered") or {}).get("model_uri"), "default": n == default,
                  "loaded": n == default or n in loaded}
                 for n, s in sorted(self._specs.items())
             ],
@@ -388,7 +389,7 @@ def build(args: ServeArgs) -> serve.Application:
     if args.ongoing_limit() < args.max_batch_size:
         logger.warning(f"max_ongoing_requests {args.ongoing_limit()} < max_batch_size {args.max_batch_size}: "
                        "single-text batches can never fill")
-    settings = args.model_dump(exclude={"manifest", "checkpoint", "models", "default_model"})
+    settings = args.model_dump(exclude={"manifest", "checkpoint", "models", "default_model", "tracking"})
     return KosentServer.options(
         user_config=serving_config(args),
         max_ongoing_requests=args.ongoing_limit(),

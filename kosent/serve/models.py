@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kosent.serve.settings import _read_manifest
+from kosent.tracking import manifest_lineage
 
 HEALTH_TEXT = "정말 재미있어요"
 #: Short NSMC-like reviews for the warm-up passes (the live estimate replaces what they measure).
@@ -24,6 +25,9 @@ class LoadedModel:
     manifest_doc: dict[str, Any] | None
     loaded_at: float = field(default_factory=time.time)
     checkpoint_uri: str | None = None  # where a checkpoint on object storage was fetched from
+    #: The MLflow run that made the checkpoint (the manifest's lineage block, or the registered version's
+    #: model URI, name, version and run id): which run the endpoint serves, trained on what.
+    lineage: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         meta = self.predictor.meta
@@ -42,6 +46,7 @@ class LoadedModel:
         }
         if self.checkpoint_uri:
             out["checkpoint_uri"] = self.checkpoint_uri
+        out["mlflow"] = self.lineage
         if self.manifest_doc:
             out["val_metrics"] = self.manifest_doc.get("val_metrics", {})
             out["test_metrics"] = self.manifest_doc.get("test_metrics", {})
@@ -55,8 +60,10 @@ def load_model(name: str, spec: dict[str, Any], batch_size: int) -> LoadedModel:
 
     predictor = Predictor.from_checkpoint(spec["checkpoint"], batch_size=batch_size)
     doc = _read_manifest(spec["manifest"]) if spec.get("manifest") else None
+    lineage = spec.get("registered") or (manifest_lineage(doc) if doc else None)
     return LoadedModel(name=name, checkpoint=spec["checkpoint"], manifest=spec.get("manifest"),
-                       predictor=predictor, manifest_doc=doc, checkpoint_uri=spec.get("checkpoint_uri"))
+                       predictor=predictor, manifest_doc=doc, checkpoint_uri=spec.get("checkpoint_uri"),
+                       lineage=lineage)
 
 
 def warmup_rate(predictor: Any, texts: int) -> float:

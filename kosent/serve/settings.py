@@ -45,9 +45,12 @@ class ModelSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     manifest: str | None = Field(None, description="manifest.json (or its folder) naming the checkpoint")
-    checkpoint: str | None = Field(None, description="a checkpoint folder, instead of a manifest")
-    models: dict[str, str] = Field(default_factory=dict, description="name -> manifest or checkpoint")
+    checkpoint: str | None = Field(None, description="a checkpoint folder (or a registered model version, "
+                                   "models:/<name>/<version> or models:/<name>@<alias>), instead of a manifest")
+    models: dict[str, str] = Field(default_factory=dict, description="name -> manifest, checkpoint or models:/")
     default_model: str | None = Field(None, description="name answering requests that name no model")
+    tracking: str | None = Field(None, description="MLflow tracking URI whose registry holds models:/ sources "
+                                 "(default: $MLFLOW_TRACKING_URI, else runs/mlruns)")
 
     @field_validator("models", mode="before")
     @classmethod
@@ -204,12 +207,35 @@ def resolve_remote(source: str, fetch: bool = True) -> dict[str, Any]:
     return {"source": source, "manifest": manifest, "checkpoint": local, "checkpoint_uri": ckpt}
 
 
-def resolve_source(source: str, fetch: bool = True) -> dict[str, Any]:
-    """``{"source", "manifest" (or None), "checkpoint"}`` for a manifest file/folder or a checkpoint folder
-    (a URI too: :func:`resolve_remote`)."""
+def resolve_registered(source: str, fetch: bool = True, tracking: str | None = None) -> dict[str, Any]:
+    """A registered model version (``models:/<name>/<version>`` or ``@<alias>``) as a source: with ``fetch``
+    its checkpoint is downloaded to this node's cache (``kosent.tracking.resolve_registered_model``);
+    without, the version is only looked up (the builder does this; every replica fetches). ``registered``
+    is the lineage ``GET /model`` shows: model URI, name, version and the MLflow run that made it."""
+    from kosent import tracking as tr
+
+    if fetch:
+        found = tr.resolve_registered_model(source, tracking=tracking)
+        checkpoint, version, run_id = found["checkpoint"], found["version"], found["run_id"]
+    else:
+        mv = tr.model_version(source, tracking)
+        checkpoint, version, run_id = source, str(mv.version), mv.run_id
+    name = source[len(tr.REGISTRY_SCHEME):].split("/")[0].split("@")[0]
+    return {"source": source, "manifest": None, "checkpoint": checkpoint,
+            "registered": {"model_uri": source, "name": name, "version": version, "run_id": run_id,
+                           "tracking_uri": tr.registry_uri(tracking)}}
+
+
+def resolve_source(source: str, fetch: bool = True, tracking: str | None = None) -> dict[str, Any]:
+    """``{"source", "manifest" (or None), "checkpoint"}`` for a manifest file/folder, a checkpoint folder
+    (a URI too: :func:`resolve_remote`) or a registered model version (:func:`resolve_registered`, looked
+    up in the registry at ``tracking``)."""
     from kosent.checkpoint import META_FILE, is_uri, read_meta
     from kosent.manifest import MANIFEST_FILE, read_manifest
+    from kosent.tracking import is_registry_uri
 
+    if is_registry_uri(source):
+        return resolve_registered(source, fetch=fetch, tracking=tracking)
     if is_uri(source):
         return resolve_remote(source, fetch=fetch)
     path = _find(source)
@@ -235,22 +261,33 @@ def resolve_source(source: str, fetch: bool = True) -> dict[str, Any]:
 def resolve_models(models: ModelSet, fetch: bool = True) -> tuple[dict[str, dict[str, Any]], str]:
     """(name -> resolved source, default name); raises with the path and what is wrong."""
     sources, default = models.model_sources()
-    return {name: resolve_source(src, fetch=fetch) for name, src in sources.items()}, default
+    return {name: resolve_source(src, fetch=fetch, tracking=models.tracking) for name, src in sources.items()}, default
 
 
 def _absolute(source: str) -> str:
-    return source if "://" in source else str(_find(source))
+    from kosent.tracking import is_registry_uri
+
+    return source if "://" in source or is_registry_uri(source) else str(_find(source))
 
 
 def serving_config(args: ServeArgs) -> dict[str, Any]:
     """The hot-swappable part of ``args`` as ``user_config``, paths made absolute (and checked now; a URI's
     checkpoint is only checked here, and fetched by each replica on its own node)."""
+    from kosent.tracking import is_registry_uri, registry_uri
+
     resolve_models(args, fetch=False)
+    sources, _ = args.model_sources()
+    # Replicas look registered versions up themselves, perhaps on another node and without this process's
+    # environment: they get the registry's URI as resolved here.
+    registry = None
+    if any(is_registry_uri(src) for src in sources.values()):
+        registry = registry_uri(args.tracking)
     absolute = {k: _absolute(v) for k, v in (("manifest", args.manifest), ("checkpoint", args.checkpoint)) if v}
     return ServingConfig(
         **absolute,
         models={name: _absolute(src) for name, src in args.models.items()},
         default_model=args.default_model,
+        tracking=registry,
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
     ).model_dump(exclude_none=True)

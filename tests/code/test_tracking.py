@@ -3,6 +3,8 @@ a failing block marks its run FAILED (a real local MLflow store (SQLite) in tmp_
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from needs import missing  # tests/needs.py
 
@@ -71,3 +73,55 @@ def test_registry_uris_and_a_manifest_without_lineage(tmp_path):
         tracking.model_version("models:/", tracking="sqlite:///" + str(tmp_path / "x.db"))
     assert tracking.manifest_lineage({"checkpoint": "x"}) is None
     assert tracking.manifest_lineage({"mlflow": {"run_id": "r1", "tracking_uri": "u"}})["run_id"] == "r1"
+
+
+def test_serve_resolves_a_registered_version_with_its_run_and_names_what_is_missing(
+        tmp_path, client_for, monkeypatch):
+    """``models:/`` as a Serve source, against a real local registry (SQLite): the builder only looks the
+    version up; a replica downloads it and reports the run behind it; unknown names and a missing registry
+    are errors naming what is wrong."""
+    from kosent.checkpoint import save_checkpoint
+    from kosent.manifest import write_manifest
+    from kosent.models import load_model_and_tokenizer
+    from kosent.serve import ServeArgs, resolve_models, serving_config
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("KOSENT_HOME", str(tmp_path / "home"))
+    labels = ["negative", "positive"]
+    ckpt = tmp_path / "run" / "epoch_1"
+    model, tokenizer = load_model_and_tokenizer("tiny", labels)
+    save_checkpoint(ckpt, model, tokenizer, label_names=labels, metrics={"val_macro_f1": 0.5},
+                    config={"model": "tiny", "max_length": 32}, data_fingerprint="f" * 64)
+    run = tracking.start_run(None, str(tmp_path), kind="train", name="tiny")
+    with tracking.tracked(run):
+        pass
+    manifest = write_manifest(tmp_path / "run" / "manifest.json", ckpt, val_metrics={"val_macro_f1": 0.5},
+                              extra={tracking.MANIFEST_KEY: run.lineage()})
+    store = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    registered = tracking.register(manifest, "kosent-unit", alias="champion")
+    assert registered["tracking_uri"] == store and registered["run_id"] == run.run_id
+
+    args = ServeArgs(checkpoint="models:/kosent-unit@champion", tracking=store)
+    config = serving_config(args)  # looks the version up, downloads nothing
+    assert config["checkpoint"] == "models:/kosent-unit@champion" and config["tracking"] == store
+    assert not (tmp_path / "home" / "registry").exists()
+    from kosent.serve import ServingConfig
+
+    specs, default = resolve_models(ServingConfig(**config))  # what a replica does
+    spec = specs[default]
+    assert spec["registered"] == {"model_uri": "models:/kosent-unit@champion", "name": "kosent-unit",
+                                  "version": "1", "run_id": run.run_id, "tracking_uri": store}
+    assert Path(spec["checkpoint"]).parent == tmp_path / "home" / "registry" / "kosent-unit"
+    from kosent.serve.models import load_model
+
+    served = load_model(default, spec, batch_size=8).describe()
+    assert served["mlflow"]["run_id"] == run.run_id and served["mlflow"]["version"] == "1"
+    by_manifest = load_model("m", resolve_models(ServeArgs(manifest=str(manifest)))[0]["default"], 8).describe()
+    assert by_manifest["mlflow"]["run_id"] == run.run_id and by_manifest["mlflow"]["tracking_uri"] == store
+
+    with pytest.raises(tracking.TrackingError, match="models:/kosent-unit/7: not found in the registry"):
+        serving_config(ServeArgs(checkpoint="models:/kosent-unit/7", tracking=store))
+    monkeypatch.chdir(tmp_path / "run")  # no runs/mlruns here, no MLFLOW_TRACKING_URI
+    with pytest.raises(tracking.TrackingError, match="needs a registry"):
+        serving_config(ServeArgs(models={"b": "models:/kosent-unit/1"}))

@@ -1,7 +1,8 @@
 """Experiment tracking against a real ``mlflow server`` (127.0.0.1, free port, SQLite backend and a local
 artifact root in tmp): a tiny Ray Train job and a two-trial sweep log to it, and everything is read back
 through the MLflow client: params, metrics per epoch, artifacts, the sweep's parent/child runs, the
-manifest's run id, and a registered model version that resolves back to a loadable checkpoint."""
+manifest's run id, and a registered model version that resolves back to a loadable checkpoint and that Serve
+deploys and describes (real HTTP) with the run behind it."""
 
 from __future__ import annotations
 
@@ -121,9 +122,9 @@ def test_train_job_logs_params_epochs_artifacts_and_lineage(ray_cluster, tiny_re
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(600)
-def test_sweep_trials_nest_under_the_sweep_and_the_best_is_registered(
-        ray_cluster, tiny_ready, mlflow_server, client, tmp_path):
+@pytest.mark.timeout(780)
+def test_sweep_trials_nest_under_the_sweep_and_the_best_is_registered_and_served(
+        ray_cluster, tiny_ready, mlflow_server, client, tmp_path, free_port):
     from kosent import tracking
     from kosent.predict import Predictor
     from kosent.tune import SweepConfig, run_sweep
@@ -168,3 +169,29 @@ def test_sweep_trials_nest_under_the_sweep_and_the_best_is_registered(
     by_version = tracking.resolve_registered_model("models:/kosent-test/1", tracking=mlflow_server,
                                                    dest=tmp_path / "registry" / "v1")
     assert by_version["checkpoint"] != resolved["checkpoint"] and by_version["run_id"] == best.info.run_id
+
+    # Serve deploys the registered version beside the sweep's manifest; GET /model names the run behind each.
+    import requests
+    from ray import serve
+
+    from kosent.serve import app_builder
+
+    port = free_port(0)
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": 60})
+    try:
+        serve.run(app_builder({"manifest": str(result.manifest), "models": {"champion": "models:/kosent-test@champion"},
+                               "tracking": mlflow_server, "num_cpus": 0.5, "max_replicas": 1}),
+                  name="tracked", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        default = requests.get(f"{url}/model", timeout=60).json()
+        assert default["mlflow"]["run_id"] == best.info.run_id
+        assert default["mlflow"]["parent_run_id"] == parent.info.run_id
+        champion = requests.get(f"{url}/model", params={"name": "champion"}, timeout=120).json()
+        assert champion["mlflow"] == {"model_uri": "models:/kosent-test@champion", "name": "kosent-test",
+                                      "version": "1", "run_id": best.info.run_id, "tracking_uri": mlflow_server}
+        assert {m["name"]: m["model_uri"] for m in champion["models"]} == {
+            "default": None, "champion": "models:/kosent-test@champion"}
+        answer = requests.post(f"{url}/predict", json={"texts": ["정말 재미있어요"], "model": "champion"}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["model"] == "champion"
+    finally:
+        serve.shutdown()

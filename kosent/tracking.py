@@ -209,6 +209,8 @@ class Run:
     uri: str
     parent_run_id: str | None = None
     ended: bool = False
+    #: When the work ended, for runs recorded after the fact (a sweep's trials); None: when ``end`` is called.
+    end_time_ms: int | None = None
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -217,19 +219,21 @@ class Run:
         for i in range(0, len(items), 100):  # MLflow's batch limit on params
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, timestamp_ms: int | None = None) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = timestamp_ms or int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
     def log_history(self, history: Iterable[dict[str, Any]]) -> None:
-        """Each epoch's metrics at step = its epoch number (the keys of the history)."""
+        """Each epoch's metrics at step = its epoch number (the keys of the history), timed when the epoch
+        was reported where the row says (Tune's ``timestamp``), so charts against wall time are true."""
         for i, row in enumerate(history):
             metrics = history_metrics(row)
-            self.log_metrics(metrics, step=int(metrics.get("epoch", i + 1)))
+            when = int(row["timestamp"] * 1000) if isinstance(row.get("timestamp"), (int, float)) else None
+            self.log_metrics(metrics, step=int(metrics.get("epoch", i + 1)), timestamp_ms=when)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -259,7 +263,7 @@ class Run:
             return
         if error:
             self.set_tags({"kosent.error": error})
-        self.client.set_terminated(self.run_id, status=status)
+        self.client.set_terminated(self.run_id, status=status, end_time=self.end_time_ms)
         self.ended = True
 
 
@@ -274,6 +278,7 @@ def start_run(
     tags: dict[str, Any] | None = None,
     parent: Run | None = None,
     experiment: str | None = None,
+    start_time_ms: int | None = None,
 ) -> Run | None:
     """Create a run (status RUNNING) in ``experiment`` (default ``$MLFLOW_EXPERIMENT_NAME`` or "kosent"),
     or return None when tracking is off or MLflow is missing and was not asked for explicitly.
@@ -297,7 +302,7 @@ def start_run(
         all_tags = base_tags(kind, fingerprint) | {k: str(v) for k, v in (tags or {}).items() if v is not None}
         if parent is not None:
             all_tags["mlflow.parentRunId"] = parent.run_id
-        created = client.create_run(experiment_id, run_name=name, tags=all_tags)
+        created = client.create_run(experiment_id, run_name=name, tags=all_tags, start_time=start_time_ms)
     except Exception as e:  # noqa: BLE001  (MlflowException, requests' ConnectionError, OSError ...)
         raise TrackingError(f"tracking store {uri} not usable: {type(e).__name__}: {e} "
                             "(start the server, fix --tracking / $MLFLOW_TRACKING_URI, or pass --tracking off)") from e
@@ -353,13 +358,20 @@ def track_trials(parent: Run, rows: Iterable[Any], trial_config: Any) -> dict[st
     id -> run; :func:`finish_sweep` ends them once the best one has its test metrics and manifest."""
     runs: dict[str, Run] = {}
     for row in rows:
+        # Trials are recorded when the sweep ends; their runs carry the times the trials really ran.
+        last = row.history[-1] if row.history else {}
+        start_ms = end_ms = None
+        if isinstance(last.get("timestamp"), (int, float)) and isinstance(last.get("time_total_s"), (int, float)):
+            end_ms = int(last["timestamp"] * 1000)
+            start_ms = end_ms - int(last["time_total_s"] * 1000)
         run = start_run(None, "", kind="trial", name=f"{row.trial_id} lr={row.lr:.3g} scale={row.scale}",
-                        params=config_params(trial_config(row)), parent=parent,
+                        params=config_params(trial_config(row)), parent=parent, start_time_ms=start_ms,
                         fingerprint=trial_fingerprint(row.path),
                         tags={"kosent.trial_id": row.trial_id, "kosent.outcome": row.outcome,
                               "kosent.trial_path": row.path, "kosent.checkpoint": row.checkpoint,
                               "kosent.best_epoch": row.best_epoch})
         assert run is not None  # a parent exists, so tracking is on
+        run.end_time_ms = end_ms
         run.log_history(row.history)
         runs[row.trial_id] = run
     return runs

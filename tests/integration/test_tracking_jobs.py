@@ -151,6 +151,8 @@ def test_sweep_trials_nest_under_the_sweep_and_the_best_is_registered_and_served
         assert child.info.status == "FINISHED" and child.data.tags["kosent.outcome"] == "completed"
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_macro_f1")] == [1]
         assert child.data.tags["kosent.data_fingerprint"] == manifest["data_fingerprint"]
+        # recorded when the sweep ended, timed when the trial ran (Tune's time_total_s, more than a second)
+        assert parent.info.start_time <= child.info.start_time < child.info.end_time - 1000
     best = next(c for c in children if c.data.tags["kosent.trial_id"] == result.best.trial_id)
     assert manifest["mlflow"]["run_id"] == best.info.run_id
     assert manifest["mlflow"]["parent_run_id"] == parent.info.run_id

@@ -31,6 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -153,6 +154,7 @@ def main() -> int:
     src.add_argument("--checkpoint")
     src.add_argument("--train", metavar="MODEL", help="train a throwaway checkpoint of MODEL (tiny, e5-small-ko)")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--json", type=Path, help="also write the figures here (machine-readable, for scripts)")
     ap.add_argument("--requests", type=int, default=600, help="requests (texts) per measurement, all rounds (upper bound)")
     ap.add_argument("--duration-s", type=float, default=30.0, help="time per measurement, all rounds (upper bound)")
     ap.add_argument("--num-cpus", type=float, default=2.0, help="the replica's CPUs = the raw forward's threads")
@@ -259,21 +261,32 @@ def main() -> int:
     print("\n| goal | target | measured | met |")
     print("|---|---|---|---|")
     ok = True
+    goals: dict[str, dict] = {}
     if 32 in rows:
         ratio = rows[32]["rps"] / bb["rps"]
         met = ratio >= 0.8
         ok &= met
+        goals["c32_vs_raw_batched"] = {"target": 0.8, "measured": ratio, "met": met}
         print(f"| c=32 throughput vs raw batched forward | >= 80% | {100 * ratio:.0f}% "
               f"({rows[32]['rps']:.1f} vs {bb['rps']:.1f} texts/s) | {'yes' if met else 'NO'} |")
     if 1 in rows:
         gap = rows[1]["p50"] - b1["p50"]
         met = gap <= 10.0
         ok &= met
+        goals["c1_p50_gap_ms"] = {"target": 10.0, "measured": gap, "met": met}
         print(f"| c=1 p50 vs raw batch-1 forward p50 | <= +10 ms | {gap:+.1f} ms "
               f"({rows[1]['p50']:.1f} vs {b1['p50']:.1f} ms) | {'yes' if met else 'NO'} |")
         print(f"\nServe's own floor (no-op endpoint, c=1): p50 {floor['p50']:.1f} ms, so kosent's handler, batching "
               f"and forward add {rows[1]['p50'] - floor['p50'] - b1['p50']:+.1f} ms to the raw forward beyond it")
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "checkpoint": str(checkpoint), "raw_batch_1": b1, f"raw_batch_{args.raw_batch}": bb,
+            "serve": {str(c): r for c, r in rows.items()}, "serve_noop_c1": floor,
+            "batch_sizes": {str(k): v for k, v in sorted(new_batches.items())}, "mean_batch": mean_batch,
+            "handler_ms_p50": stats["handler_ms_p50"], "forward_ms_mean": fwd_ms, "goals": goals, "goals_met": ok,
+            "load_average": os.getloadavg()[0], "cpus": os.cpu_count(),
+        }, indent=2), encoding="utf-8")
     tmp.cleanup()
     return 0 if ok else 1
 

@@ -429,7 +429,7 @@ def stage_serve(run: Run, figures: Figures) -> bool:
     (port,) = free_ports(1)
     cmd = [sys.executable, "bench/bench_serve.py", "--checkpoint", checkpoint, "--concurrency", "1", "8", "32",
            "--requests", str(s["serve_requests"]), "--duration-s", str(s["serve_duration_s"]), "--rounds", "1",
-           "--num-cpus", str(s["serve_cpus"]), "--port", str(port)]
+           "--num-cpus", str(s["serve_cpus"]), "--port", str(port), "--json", str(run.out / "serve.json")]
     # bench_serve.py starts a cluster of its own in its process (ray.init with num_cpus): RAY_ADDRESS=local keeps
     # it from joining this run's cluster, or any other on the machine.
     rc, seconds = call(run, "serve", cmd, timeout=run.left() - CLEANUP_S, RAY_ADDRESS="local")
@@ -437,11 +437,13 @@ def stage_serve(run: Run, figures: Figures) -> bool:
     tables = "\n".join(line for line in text.splitlines() if line.startswith("|") or line.startswith("batch sizes")
                        or line.startswith("inside the replica") or line.startswith("Serve's own floor"))
     (run.out / "serve.md").write_text(tables + "\n", encoding="utf-8")
-    # bench_serve.py exits 0 when its goals are met and 1 when one is missed, but also 1 on a crash, and it
-    # writes no JSON: it ran through when it printed its c=32 row.
-    ran = rc in (0, 1) and "| Serve HTTP, c=32 |" in tables
-    figures.stage("serve", exit_status=rc, ran=ran, goals_met=rc == 0 and ran, seconds=round(seconds, 1),
-                  gpu_replica=False, tables=tables.splitlines())
+    # bench_serve.py exits 0 when its goals are met and 1 when one is missed, but also 1 on a crash: it ran
+    # through when it wrote its JSON (the last thing it does).
+    result_file = run.out / "serve.json"
+    result = json.loads(result_file.read_text(encoding="utf-8")) if result_file.is_file() else None
+    ran = rc in (0, 1) and result is not None and "32" in result["serve"]
+    figures.stage("serve", exit_status=rc, ran=ran, goals_met=bool(ran and result["goals_met"]),
+                  seconds=round(seconds, 1), gpu_replica=False, figures=result, tables=tables.splitlines())
     return ran
 
 

@@ -70,6 +70,9 @@ def test_gpu_script_rehearsal_on_cpu(tmp_path):
     assert set(train["ray_overhead_percent"]) == {"samples_per_second", "steady_samples_per_second"}
 
     assert stages["serve"]["ran"] and any("Serve HTTP, c=32" in line for line in stages["serve"]["tables"])
+    serve_figures = stages["serve"]["figures"]  # bench_serve.py --json, as written
+    assert set(serve_figures["serve"]) == {"1", "8", "32"} and serve_figures["serve"]["32"]["errors"] == 0
+    assert json.loads((out / "serve.json").read_text(encoding="utf-8"))["goals"] == serve_figures["goals"]
     assert (out / "serve.md").is_file()
 
     paper = stages["paper"]

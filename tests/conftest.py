@@ -33,14 +33,23 @@ def kmhas_valid_path() -> Path:
     return require_file(KMHAS_VALID)
 
 
-@pytest.fixture(scope="session")
-def tune_job() -> ModuleType:
-    """``ray_jobs/tune.py`` loaded as a module (it is a script, not part of the package)."""
-    path = Path(__file__).resolve().parent.parent / "ray_jobs" / "tune.py"
-    spec = importlib.util.spec_from_file_location("kosent_tune_job", path)
+def _job_module(name: str) -> ModuleType:
+    """``ray_jobs/<name>.py`` loaded as a module (the jobs are scripts, not part of the package)."""
+    path = Path(__file__).resolve().parent.parent / "ray_jobs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"kosent_{name}_job", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def tune_job() -> ModuleType:
+    return _job_module("tune")
+
+
+@pytest.fixture(scope="session")
+def train_job() -> ModuleType:
+    return _job_module("train")
 
 
 @pytest.fixture(scope="session")

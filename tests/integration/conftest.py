@@ -6,6 +6,7 @@ import socket
 from collections.abc import Callable
 
 import pytest
+from needs import missing  # tests/needs.py
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +68,15 @@ def _free_port(preferred: int) -> int:
 @pytest.fixture(scope="session")
 def free_port() -> Callable[[int], int]:
     return _free_port
+
+
+@pytest.fixture(scope="module")
+def tiny_ready(nsmc_path):
+    """The tiny model borrows the offline e5 tokenizer: build it once (skip where it cannot be built)."""
+    from kosent.models import e5_offline
+
+    try:
+        e5_offline.pull()
+    except e5_offline.E5BuildError as e:
+        missing(f"offline e5 tokenizer unavailable: {e}")
+    return nsmc_path

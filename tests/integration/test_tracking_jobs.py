@@ -70,31 +70,11 @@ def client(mlflow_server):
     return MlflowClient(tracking_uri=mlflow_server)
 
 
-@pytest.fixture(scope="module")
-def tiny_ready(nsmc_path):
-    from kosent.models import e5_offline
-
-    try:
-        e5_offline.pull()
-    except e5_offline.E5BuildError as e:
-        missing(f"offline e5 tokenizer unavailable: {e}")
-    return nsmc_path
-
-
-def _train_job():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "ray_jobs" / "train.py"
-    spec = importlib.util.spec_from_file_location("kosent_train_job_tracking", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(420)
-def test_train_job_logs_params_epochs_artifacts_and_lineage(ray_cluster, tiny_ready, mlflow_server, client, tmp_path):
-    job = _train_job()
+def test_train_job_logs_params_epochs_artifacts_and_lineage(ray_cluster, tiny_ready, mlflow_server, client, tmp_path,
+                                                             train_job):
+    job = train_job
     code = job.main(["--model", "tiny", *SIZES, "--epochs", "2", "--batch-size", "16", "--max-length", "48",
                      "--lr", "1e-3", "--storage-path", str(tmp_path), "--name", "tracked", "--tracking", mlflow_server])
     assert code == 0

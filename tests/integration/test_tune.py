@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from needs import missing  # tests/needs.py
 
 from kosent.config import DataConfig, TrainConfig
 from kosent.tune import (
@@ -150,18 +149,6 @@ def _interrupt_callback():
 
 
 _INTERRUPTED: list[str] = []
-
-
-@pytest.fixture(scope="module")
-def tiny_ready(nsmc_path):
-    """The tiny model borrows the offline e5 tokenizer: build it once (skip where it cannot be built)."""
-    from kosent.models import e5_offline
-
-    try:
-        e5_offline.pull()
-    except e5_offline.E5BuildError as e:
-        missing(f"offline e5 tokenizer unavailable: {e}")
-    return nsmc_path
 
 
 def _no_orphaned_placement_groups(within_s: float = 30.0) -> list[str]:

@@ -158,6 +158,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=600, help="requests (texts) per measurement, all rounds (upper bound)")
     ap.add_argument("--duration-s", type=float, default=30.0, help="time per measurement, all rounds (upper bound)")
     ap.add_argument("--num-cpus", type=float, default=2.0, help="the replica's CPUs = the raw forward's threads")
+    ap.add_argument("--num-gpus", type=float, default=0.0,
+                    help="the replica's GPU share (ServeArgs.num_gpus); the raw forward then runs on the GPU too")
     ap.add_argument("--max-batch-size", type=int, default=32)
     ap.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
     ap.add_argument("--raw-batch", type=int, default=32, help="texts per raw batched forward")
@@ -190,7 +192,8 @@ def main() -> int:
     from kosent.serve import app_builder
 
     torch.set_num_threads(threads)
-    pred = Predictor.from_checkpoint(checkpoint, batch_size=max(64, args.raw_batch))
+    device = "cuda" if args.num_gpus and torch.cuda.is_available() else "cpu"
+    pred = Predictor.from_checkpoint(checkpoint, batch_size=max(64, args.raw_batch), device=device)
     pred.predict(texts[: args.raw_batch])  # warm-up
     ray.init(address="local", num_cpus=max(2, int(args.num_cpus)), include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False)
@@ -207,7 +210,8 @@ def main() -> int:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         serve.run(app_builder({
-            "checkpoint": checkpoint, "num_cpus": args.num_cpus, "min_replicas": 1, "max_replicas": 1,
+            "checkpoint": checkpoint, "num_cpus": args.num_cpus, "num_gpus": args.num_gpus,
+            "min_replicas": 1, "max_replicas": 1,
             "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_timeout_s,
             "max_ongoing_requests": max(64, 2 * args.max_batch_size), "max_queued_requests": -1,
         }), name="bench", route_prefix="/")
@@ -216,6 +220,8 @@ def main() -> int:
         http_load(url + "/predict", texts, 4, 40, 30)  # warm-up
         http_load(url + "/noop/predict", texts, 1, 20, 30)
         before = requests.get(url + "/stats", timeout=30).json()
+        replica_device = requests.get(url + "/model", timeout=30).json()["device"]
+        print(f"raw forward on {device}, the replica's model on {replica_device}", flush=True)
         # Rounds alternate raw and Serve so both see the same background load on a shared machine.
         per_round, secs = max(1, args.requests // args.rounds), args.duration_s / args.rounds
         for r in range(args.rounds):
@@ -281,7 +287,7 @@ def main() -> int:
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps({
-            "checkpoint": str(checkpoint), "raw_batch_1": b1, f"raw_batch_{args.raw_batch}": bb,
+            "checkpoint": str(checkpoint), "raw_device": device, "replica_device": replica_device, "raw_batch_1": b1, f"raw_batch_{args.raw_batch}": bb,
             "serve": {str(c): r for c, r in rows.items()}, "serve_noop_c1": floor,
             "batch_sizes": {str(k): v for k, v in sorted(new_batches.items())}, "mean_batch": mean_batch,
             "handler_ms_p50": stats["handler_ms_p50"], "forward_ms_mean": fwd_ms, "goals": goals, "goals_met": ok,

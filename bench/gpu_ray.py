@@ -60,6 +60,8 @@ GPU_SIZES: dict[str, Any] = {
     "paper_models": None, "paper_scale_models": None, "paper_kmhas_models": None,  # None: the paper's
     "paper_train_size": 10_000, "paper_val_size": 1_000, "paper_test_size": 5_000,
     "tune_train_size": 5_000, "tune_lrs": [2e-5, 5e-5, 1e-4], "tune_scales": [1, 2], "tune_epochs": 2,
+    # the paper's jobs and Tune's trials share the GPU four at a time (e5-small-ko uses ~1.3 GiB of it)
+    "gpus_per_worker": 0.25,
 }
 CPU_SIZES: dict[str, Any] = {
     "model": "tiny", "train_size": 200, "epochs": 1, "val_size": 64, "test_size": 100,
@@ -69,6 +71,7 @@ CPU_SIZES: dict[str, Any] = {
     "paper_models": ["tfidf", "tiny"], "paper_scale_models": ["tfidf"], "paper_kmhas_models": ["tfidf"],
     "paper_train_size": 200, "paper_val_size": 64, "paper_test_size": 100,
     "tune_train_size": 200, "tune_lrs": [1e-3, 3e-3], "tune_scales": [1], "tune_epochs": 2,
+    "gpus_per_worker": 0.25,
 }
 # Least seconds a stage needs to be worth starting (on the GPU machine, from the figures measured so far).
 MIN_SECONDS = {"train": 90.0, "serve": 45.0, "paper": 120.0, "tune": 60.0}
@@ -430,6 +433,8 @@ def stage_serve(run: Run, figures: Figures) -> bool:
     cmd = [sys.executable, "bench/bench_serve.py", "--checkpoint", checkpoint, "--concurrency", "1", "8", "32",
            "--requests", str(s["serve_requests"]), "--duration-s", str(s["serve_duration_s"]), "--rounds", "1",
            "--num-cpus", str(s["serve_cpus"]), "--port", str(port), "--json", str(run.out / "serve.json")]
+    if run.cuda:
+        cmd += ["--num-gpus", "1"]  # a GPU replica, against the raw forward on the same GPU
     # bench_serve.py starts a cluster of its own in its process (ray.init with num_cpus): RAY_ADDRESS=local keeps
     # it from joining this run's cluster, or any other on the machine.
     rc, seconds = call(run, "serve", cmd, timeout=run.left() - CLEANUP_S, RAY_ADDRESS="local")
@@ -443,7 +448,8 @@ def stage_serve(run: Run, figures: Figures) -> bool:
     result = json.loads(result_file.read_text(encoding="utf-8")) if result_file.is_file() else None
     ran = rc in (0, 1) and result is not None and "32" in result["serve"]
     figures.stage("serve", exit_status=rc, ran=ran, goals_met=bool(ran and result["goals_met"]),
-                  seconds=round(seconds, 1), gpu_replica=False, figures=result, tables=tables.splitlines())
+                  seconds=round(seconds, 1), gpu_replica=bool(result and result["replica_device"].startswith("cuda")),
+                  figures=result, tables=tables.splitlines())
     return ran
 
 
@@ -462,7 +468,7 @@ def stage_paper(run: Run, figures: Figures) -> bool:
             cmd += ["--" + key.removeprefix("paper_").replace("_", "-"), *s[key]]
     cmd += ["--batch-size", str(s["batch_size"]), "--max-length", str(s["max_length"])]
     if run.cuda:
-        cmd.append("--use-gpu")
+        cmd += ["--use-gpu", "--gpus-per-worker", str(s["gpus_per_worker"])]
     rc, seconds = call(run, "paper", cmd, timeout=run.left() - CLEANUP_S)
     values: dict[str, Any] = {"exit_status": rc, "seconds": round(seconds, 1), "command": " ".join(cmd[1:])}
     figs = results_md.parent / "paper"
@@ -498,7 +504,7 @@ def stage_tune(run: Run, figures: Figures) -> bool:
            "--max-length", str(s["max_length"]), "--lrs", *map(str, s["tune_lrs"]), "--scales",
            *map(str, s["tune_scales"]), "--grace-period", "1", "--storage-path", str(sweeps), "--name", "gpu-sweep"]
     if run.cuda:
-        cmd.append("--use-gpu")
+        cmd += ["--use-gpu", "--gpus-per-worker", str(s["gpus_per_worker"])]
     rc, seconds = call(run, "tune", cmd, timeout=run.left() - CLEANUP_S)
     values: dict[str, Any] = {"exit_status": rc, "seconds": round(seconds, 1), "command": " ".join(cmd[1:])}
     folder = sweeps / "gpu-sweep"

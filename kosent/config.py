@@ -88,6 +88,9 @@ class TrainConfig:
     # Ray Train
     num_workers: int = 1
     use_gpu: bool = False
+    # GPUs per worker with use_gpu: 1 (a GPU each), or a fraction (0.25) so that several runs' workers share
+    # one GPU (Tune trials, the paper's jobs); a small model leaves most of a large GPU idle otherwise.
+    gpus_per_worker: float = 1.0
     cpus_per_worker: float = 1.0
     max_failures: int = 0
     keep_checkpoints: int = 2

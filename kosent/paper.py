@@ -78,6 +78,7 @@ class PaperConfig:
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0  # TrainConfig.gpus_per_worker: a fraction runs several jobs on one GPU at once
     storage_path: str = "runs/paper"
     name: str | None = None
     embeddings: list[str] | None = None  # models whose NSMC test embeddings are drawn; None: the transformers
@@ -100,6 +101,8 @@ class PaperConfig:
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise PaperError(f"{name} lists a model twice: {values}")
+        if self.use_gpu and not 0 < self.gpus_per_worker <= 1:
+            raise PaperError(f"gpus_per_worker must be in (0, 1] (got {self.gpus_per_worker:g})")
         if not self.models and "baselines" in self.experiments:
             raise PaperError("the baselines experiment needs at least one model (--models)")
         if "scale" in self.experiments and (not self.scales or not self.scale_models):
@@ -135,7 +138,8 @@ class PaperConfig:
         return TrainConfig(
             model=model, epochs=epochs, lr=self.lr(model), batch_size=self.batch_size, max_length=self.max_length,
             max_steps=self.max_steps, seed=self.seed, num_workers=self.num_workers,
-            cpus_per_worker=self.cpus_per_worker, use_gpu=self.use_gpu, storage_path=str(storage), name=name,
+            cpus_per_worker=self.cpus_per_worker, use_gpu=self.use_gpu, gpus_per_worker=self.gpus_per_worker,
+            storage_path=str(storage), name=name,
             patience=max(2, epochs), tracking=self.tracking, data=data,
         )
 
@@ -247,7 +251,8 @@ class Job:
         """(CPUs, GPUs) the job holds while it runs."""
         if self.model == "tfidf":
             return 1.0, 0.0
-        return self.cfg.num_workers * self.cfg.cpus_per_worker, float(self.cfg.num_workers if self.cfg.use_gpu else 0)
+        gpus = self.cfg.num_workers * self.cfg.gpus_per_worker if self.cfg.use_gpu else 0.0
+        return self.cfg.num_workers * self.cfg.cpus_per_worker, float(gpus)
 
 
 @dataclass

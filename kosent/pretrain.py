@@ -269,6 +269,7 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
         check_storage,
         connect,
         resolve_model,
+        worker_resources,
     )
 
     connect()
@@ -280,7 +281,7 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     log(f"corpus: {corpus.report['used']:,} texts of {corpus.report['available']:,} available "
         f"({corpus.report['excluded_validation_and_test']:,} validation/test texts excluded, overlap "
         f"{corpus.report['overlap_with_validation_and_test']}), {corpus.report['holdout']:,} held out")
-    resources = {"CPU": float(cfg.cpus_per_worker)} | ({"GPU": 1.0} if cfg.use_gpu else {})
+    resources = worker_resources(cfg)
     trainer = TorchTrainer(
         pretrain_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "texts": corpus.texts, "holdout": corpus.holdout,

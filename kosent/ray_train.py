@@ -367,6 +367,7 @@ def check_resources(cfg: TrainConfig) -> None:
         )
     if cfg.cpus_per_worker <= 0:
         raise TrainSetupError(f"cpus_per_worker must be positive (got {cfg.cpus_per_worker})")
+    check_gpus_per_worker(cfg)
     total = ray.cluster_resources()
     need_cpu = cfg.num_workers * cfg.cpus_per_worker
     have_cpu = total.get("CPU", 0.0)
@@ -382,11 +383,23 @@ def check_resources(cfg: TrainConfig) -> None:
         )
     if cfg.use_gpu:
         have_gpu = total.get("GPU", 0.0)
-        if cfg.num_workers > have_gpu + 1e-9:
+        if cfg.num_workers * cfg.gpus_per_worker > have_gpu + 1e-9:
             raise TrainSetupError(
-                f"{cfg.num_workers} workers x 1 GPU requested but the Ray cluster has {have_gpu:g} GPUs; "
-                "lower --num-workers or drop --use-gpu"
+                f"{cfg.num_workers} workers x {cfg.gpus_per_worker:g} GPU requested but the Ray cluster has "
+                f"{have_gpu:g} GPUs; lower --num-workers or --gpus-per-worker, or drop --use-gpu"
             )
+
+
+def check_gpus_per_worker(cfg: TrainConfig) -> None:
+    """A worker trains on one device: a GPU share is in (0, 1]."""
+    if cfg.use_gpu and not 0 < cfg.gpus_per_worker <= 1:
+        raise TrainSetupError(f"gpus_per_worker must be in (0, 1] (got {cfg.gpus_per_worker:g}): each worker "
+                              "trains on one GPU, or on a share of one")
+
+
+def worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """What each Train worker reserves: its CPUs and, with use_gpu, its GPU share."""
+    return {"CPU": float(cfg.cpus_per_worker)} | ({"GPU": float(cfg.gpus_per_worker)} if cfg.use_gpu else {})
 
 
 def _read_text(location: str) -> str | None:
@@ -470,9 +483,7 @@ def build_trainer(
     ``fault`` is for tests only: ``{"step": N, "marker": path, "rank": r, "kind": "kill"|"raise"}``.
     """
     cfg = _with_run_location(cfg)
-    resources: dict[str, float] = {"CPU": float(cfg.cpus_per_worker)}
-    if cfg.use_gpu:
-        resources["GPU"] = 1.0
+    resources = worker_resources(cfg)
     splits = distill.with_unlabelled(cfg, splits)  # a teacher scores them in each worker, on its device
     config: dict[str, Any] = {"train_config": to_dict(cfg), "splits": _splits_payload(splits)}
     if fault:
@@ -547,7 +558,7 @@ def fit(
     check_resources(cfg)
     run_dir = run_dir_of(cfg)
     log(f"run '{cfg.name}' at {run_dir}: model {described}, {cfg.num_workers} worker(s) x "
-        f"{cfg.cpus_per_worker:g} CPU{' + 1 GPU' if cfg.use_gpu else ''}")
+        f"{cfg.cpus_per_worker:g} CPU{f' + {cfg.gpus_per_worker:g} GPU' if cfg.use_gpu else ''}")
     trainer = build_trainer(cfg, splits, callbacks, fault=fault)
     try:
         result = trainer.fit()

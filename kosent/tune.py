@@ -61,7 +61,7 @@ TABLE_COLUMNS = [
 # TrainConfig fields a grid may not hold: the sweep sets them itself (lr, the scale inside data, where each trial
 # writes) or they size a trial's resources, which must be the same for every trial (concurrency, preflight).
 RESERVED_GRID_KEYS = ("lr", "scale", "data", "storage_path", "name", "resume", "num_workers", "use_gpu",
-                      "cpus_per_worker")
+                      "cpus_per_worker", "gpus_per_worker")
 
 
 class SweepError(RuntimeError):
@@ -395,10 +395,15 @@ def concurrency(sweep: SweepConfig, base: TrainConfig) -> int:
         return sweep.max_concurrent_trials
     import ray
 
-    total = ray.cluster_resources()
+    return trials_that_fit(ray.cluster_resources(), sweep, base)
+
+
+def trials_that_fit(total: dict[str, float], sweep: SweepConfig, base: TrainConfig) -> int:
+    """Trials that run at once on a cluster of ``total`` resources: each holds ``num_workers`` x
+    (``cpus_per_worker`` CPUs, and with ``use_gpu`` ``gpus_per_worker`` GPUs: 0.25 packs four on a GPU)."""
     fits = math.floor(total.get("CPU", 1) / (base.num_workers * base.cpus_per_worker) + 1e-9)
     if base.use_gpu:
-        fits = min(fits, math.floor(total.get("GPU", 0) / base.num_workers))
+        fits = min(fits, math.floor(total.get("GPU", 0) / (base.num_workers * base.gpus_per_worker) + 1e-9))
     return max(1, min(fits, sweep.num_trials()))
 
 

@@ -223,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ray.init(address=ns.address)
     serve.start(http_options={"host": ns.host, "port": ns.port, "request_timeout_s": ns.http_timeout_s})
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if args.num_gpus > gpus + 1e-9:
+        print(f"deploy: not deployed: --num-gpus {args.num_gpus:g} per replica, but the cluster has {gpus:g} GPUs "
+              "(drop --num-gpus to serve on CPU)", file=sys.stderr)
+        return 2
     problem = room_problem(args, ray.available_resources().get("CPU", 0.0), running_replicas(ns.name), ns.name)
     if problem:
         print(f"deploy: not deployed: {problem}", file=sys.stderr)

@@ -72,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", nargs="+", type=_lr, default=[], metavar="MODEL=LR",
                    help="learning rate per model (defaults: e5 5e-5, rnn/birnn 2e-3, tiny 3e-3)")
     p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker")
+    p.add_argument("--use-gpu", action="store_true", help="a GPU (or --gpus-per-worker of one) per Ray Train worker")
+    p.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker,
+                   help="GPU share per worker with --use-gpu: 0.25 runs four jobs' workers on one GPU at once "
+                        f"(default {d.gpus_per_worker:g})")
     p.add_argument("--embeddings", nargs="*", default=None, metavar="MODEL",
                    help="models whose NSMC test embeddings get PCA / t-SNE views (default: the transformer models)")
     p.add_argument("--storage-path", default=d.storage_path, help=f"run folders go to <this>/<name> (default {d.storage_path})")

@@ -119,6 +119,10 @@ class KosentServer:
         self.args = ServeArgs.model_construct(**(settings or {}))
         self.threads = max(1, int(round(self.args.num_cpus)))
         torch.set_num_threads(self.threads)
+        # With num_gpus Ray gives the replica its GPU (CUDA_VISIBLE_DEVICES): every model loads there.
+        self.device = "cuda" if self.args.num_gpus and torch.cuda.is_available() else "cpu"
+        if self.args.num_gpus and self.device == "cpu":
+            logger.warning(f"kosent: num_gpus {self.args.num_gpus:g} but torch sees no CUDA device: serving on CPU")
         # One thread runs forward passes (torch uses `threads` inside it); loading uses another, so a
         # hot swap never stops the current model from answering.
         self._forward_pool = ThreadPoolExecutor(1, "kosent-forward", initializer=_forward_thread_setup,
@@ -161,7 +165,7 @@ class KosentServer:
             if (current is None or reload_all or current.name != default
                     or current.checkpoint != specs[default]["checkpoint"]):
                 fresh = await loop.run_in_executor(self._load_pool, load_model, default, specs[default],
-                                                   self._batch_size())
+                                                   self._batch_size(), self.device)
                 # Seed admission's estimate with a measured pass of the new model (live passes replace it).
                 rate = await loop.run_in_executor(self._load_pool, warmup_rate, fresh.predictor, batch)
                 throughput = Throughput(batch)
@@ -173,7 +177,7 @@ class KosentServer:
                 spec = specs.get(name)
                 if spec is not None and (reload_all or slot.model.checkpoint != spec["checkpoint"]):
                     slot.model = await loop.run_in_executor(self._load_pool, load_model, name, spec,
-                                                            self._batch_size())
+                                                            self._batch_size(), self.device)
             # The swap: plain assignments on the event loop, between two requests.
             self._specs, self._default, self._revision = dict(specs), fresh, cfg.revision
             if throughput is not None:
@@ -189,7 +193,7 @@ class KosentServer:
     async def _load_named(self, name: str) -> Slot:
         spec = self._specs[name]
         loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size())
+        model = await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size(), self.device)
         slot = Slot(model)
         self._slots[name] = slot
         return slot
@@ -208,7 +212,7 @@ class KosentServer:
         if spec is not None and slot.model.checkpoint != spec["checkpoint"] and not self._swap_lock.locked():
             # loaded from the previous model set while a swap was under way
             loop = asyncio.get_running_loop()
-            slot.model = await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size())
+            slot.model = await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size(), self.device)
         return slot.model
 
     # ---- auth and autoscaling ---------------------------------------------------------------------
@@ -395,7 +399,7 @@ def build(args: ServeArgs) -> serve.Application:
         max_ongoing_requests=args.ongoing_limit(),
         max_queued_requests=args.max_queued_requests,
         autoscaling_config=autoscaling_config(args),
-        ray_actor_options={"num_cpus": args.num_cpus},
+        ray_actor_options={"num_cpus": args.num_cpus} | ({"num_gpus": args.num_gpus} if args.num_gpus else {}),
         max_surge_percent=args.max_surge_percent,
         health_check_period_s=10,
         graceful_shutdown_timeout_s=max(20.0, args.request_timeout_s),

@@ -42,6 +42,7 @@ class LoadedModel:
             "model_type": meta.get("model_type"),
             "data_fingerprint": meta.get("data_fingerprint"),
             "max_length": getattr(self.predictor, "max_length", None),
+            "device": str(getattr(self.predictor, "device", "cpu")),
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.loaded_at)) + "Z",
         }
         if self.checkpoint_uri:
@@ -54,11 +55,11 @@ class LoadedModel:
         return out
 
 
-def load_model(name: str, spec: dict[str, Any], batch_size: int) -> LoadedModel:
-    """Load one model (blocking: call it off the event loop)."""
+def load_model(name: str, spec: dict[str, Any], batch_size: int, device: str = "cpu") -> LoadedModel:
+    """Load one model (blocking: call it off the event loop) onto ``device`` (the replica's GPU or the CPU)."""
     from kosent.predict import Predictor
 
-    predictor = Predictor.from_checkpoint(spec["checkpoint"], batch_size=batch_size)
+    predictor = Predictor.from_checkpoint(spec["checkpoint"], batch_size=batch_size, device=device)
     doc = _read_manifest(spec["manifest"]) if spec.get("manifest") else None
     lineage = spec.get("registered") or (manifest_lineage(doc) if doc else None)
     return LoadedModel(name=name, checkpoint=spec["checkpoint"], manifest=spec.get("manifest"),

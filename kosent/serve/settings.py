@@ -119,6 +119,8 @@ class ServeArgs(ModelSet):
     auth_token_env: str = Field("KOSENT_SERVE_TOKEN", description="env var read in the replica for the token")
     # resources and autoscaling
     num_cpus: float = Field(1.0, gt=0, description="ray_actor_options num_cpus; torch threads follow it")
+    num_gpus: float = Field(0.0, ge=0, le=1, description="ray_actor_options num_gpus: the replica's models run on "
+                            "its GPU (0.5 packs two replicas on one GPU); 0: CPU")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0)

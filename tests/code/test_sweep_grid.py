@@ -22,6 +22,7 @@ from kosent.tune import (
     parse_grid,
     table_columns,
     trial_config,
+    trials_that_fit,
     write_table,
 )
 
@@ -117,6 +118,21 @@ def test_trial_config_num_trials_and_asha_max_t():
     assert sweep.num_trials() == 2 * 2 * 2 * 3
     assert SweepConfig(lrs=[1e-4], scales=[1]).num_trials() == 1
     assert max_epochs(sweep, base) == 4 and max_epochs(SweepConfig(), base) == 2
+
+
+def test_trials_that_fit_count_cpus_and_gpu_shares():
+    sweep = SweepConfig(lrs=[1e-4, 2e-4, 5e-4], scales=[1, 2, 3])  # 9 trials
+    cpu = TrainConfig(num_workers=2, cpus_per_worker=1.0)
+    assert trials_that_fit({"CPU": 16.0}, sweep, cpu) == 8
+    assert trials_that_fit({"CPU": 1.0}, sweep, cpu) == 1  # never 0: the sweep still runs, one trial at a time
+    gpu = TrainConfig(num_workers=1, cpus_per_worker=2.0, use_gpu=True)
+    assert trials_that_fit({"CPU": 16.0, "GPU": 1.0}, sweep, gpu) == 1  # a whole GPU per trial
+    quarter = dataclasses.replace(gpu, gpus_per_worker=0.25)
+    assert trials_that_fit({"CPU": 16.0, "GPU": 1.0}, sweep, quarter) == 4  # four trials share the GPU
+    assert trials_that_fit({"CPU": 6.0, "GPU": 1.0}, sweep, quarter) == 3  # then the CPUs are the limit
+    assert trials_that_fit({"CPU": 64.0, "GPU": 8.0}, sweep, quarter) == 9  # never more than the sweep has
+    with pytest.raises(SweepError, match="gpus_per_worker"):
+        SweepConfig(grid={"gpus_per_worker": [0.5, 1.0]}).validate(gpu)
 
 
 def test_search_space_and_trial_folder_names():

@@ -153,6 +153,9 @@ def test_redeploy_without_room_for_its_surge_replica_says_so_at_once(ray_cluster
         assert code == 2, out
         assert "--replace" in out and "--num-cpus" in out and "CPU free" in out
         assert requests.get(url + "/healthz", timeout=30).status_code == 200  # the old replica still serves
+        gpus = ray_cluster.cluster_resources().get("GPU", 0)
+        code, out, secs = _deploy_job(gcs, *common, "--num-gpus", str(gpus + 0.5))
+        assert code == 2 and f"--num-gpus {gpus + 0.5:g} per replica, but the cluster has {gpus:g} GPUs" in out, out
 
         # The way out it names: replace in place, with a gap while the new replica starts.
         codes: list[int | str] = []

@@ -287,7 +287,8 @@ def main() -> int:
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps({
-            "checkpoint": str(checkpoint), "raw_device": device, "replica_device": replica_device, "raw_batch_1": b1, f"raw_batch_{args.raw_batch}": bb,
+            "checkpoint": str(checkpoint), "raw_device": device, "replica_device": replica_device,
+            "raw_batch_1": b1, f"raw_batch_{args.raw_batch}": bb,
             "serve": {str(c): r for c, r in rows.items()}, "serve_noop_c1": floor,
             "batch_sizes": {str(k): v for k, v in sorted(new_batches.items())}, "mean_batch": mean_batch,
             "handler_ms_p50": stats["handler_ms_p50"], "forward_ms_mean": fwd_ms, "goals": goals, "goals_met": ok,

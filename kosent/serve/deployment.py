@@ -151,6 +151,11 @@ class KosentServer:
     def _batch_size(self) -> int:
         return max(64, self.args.max_batch_size)
 
+    async def _load(self, name: str, spec: dict[str, Any]) -> LoadedModel:
+        """Load a model on the loading thread (never the event loop), onto this replica's device."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size(), self.device)
+
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Called with ``user_config`` at start-up and whenever it changes: load the new default beside the
         current one, then swap (requests keep being answered by the old model meanwhile)."""
@@ -164,8 +169,7 @@ class KosentServer:
             throughput = None
             if (current is None or reload_all or current.name != default
                     or current.checkpoint != specs[default]["checkpoint"]):
-                fresh = await loop.run_in_executor(self._load_pool, load_model, default, specs[default],
-                                                   self._batch_size(), self.device)
+                fresh = await self._load(default, specs[default])
                 # Seed admission's estimate with a measured pass of the new model (live passes replace it).
                 rate = await loop.run_in_executor(self._load_pool, warmup_rate, fresh.predictor, batch)
                 throughput = Throughput(batch)
@@ -176,8 +180,7 @@ class KosentServer:
             for name, slot in list(self._slots.items()):
                 spec = specs.get(name)
                 if spec is not None and (reload_all or slot.model.checkpoint != spec["checkpoint"]):
-                    slot.model = await loop.run_in_executor(self._load_pool, load_model, name, spec,
-                                                            self._batch_size(), self.device)
+                    slot.model = await self._load(name, spec)
             # The swap: plain assignments on the event loop, between two requests.
             self._specs, self._default, self._revision = dict(specs), fresh, cfg.revision
             if throughput is not None:
@@ -191,10 +194,7 @@ class KosentServer:
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
     async def _load_named(self, name: str) -> Slot:
-        spec = self._specs[name]
-        loop = asyncio.get_running_loop()
-        model = await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size(), self.device)
-        slot = Slot(model)
+        slot = Slot(await self._load(name, self._specs[name]))
         self._slots[name] = slot
         return slot
 
@@ -211,8 +211,7 @@ class KosentServer:
         spec = self._specs.get(name)
         if spec is not None and slot.model.checkpoint != spec["checkpoint"] and not self._swap_lock.locked():
             # loaded from the previous model set while a swap was under way
-            loop = asyncio.get_running_loop()
-            slot.model = await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size(), self.device)
+            slot.model = await self._load(name, spec)
         return slot.model
 
     # ---- auth and autoscaling ---------------------------------------------------------------------

@@ -218,14 +218,12 @@ def resolve_registered(source: str, fetch: bool = True, tracking: str | None = N
 
     if fetch:
         found = tr.resolve_registered_model(source, tracking=tracking)
-        checkpoint, version, run_id = found["checkpoint"], found["version"], found["run_id"]
     else:
         mv = tr.model_version(source, tracking)
-        checkpoint, version, run_id = source, str(mv.version), mv.run_id
-    name = source[len(tr.REGISTRY_SCHEME):].split("/")[0].split("@")[0]
-    return {"source": source, "manifest": None, "checkpoint": checkpoint,
-            "registered": {"model_uri": source, "name": name, "version": version, "run_id": run_id,
-                           "tracking_uri": tr.registry_uri(tracking)}}
+        found = {"checkpoint": source, "name": mv.name, "version": str(mv.version), "run_id": mv.run_id}
+    registered = {"model_uri": source} | {k: found[k] for k in ("name", "version", "run_id")}
+    return {"source": source, "manifest": None, "checkpoint": found["checkpoint"],
+            "registered": registered | {"tracking_uri": tr.registry_uri(tracking)}}
 
 
 def resolve_source(source: str, fetch: bool = True, tracking: str | None = None) -> dict[str, Any]:
@@ -275,15 +273,10 @@ def _absolute(source: str) -> str:
 def serving_config(args: ServeArgs) -> dict[str, Any]:
     """The hot-swappable part of ``args`` as ``user_config``, paths made absolute (and checked now; a URI's
     checkpoint is only checked here, and fetched by each replica on its own node)."""
-    from kosent.tracking import is_registry_uri, registry_uri
-
-    resolve_models(args, fetch=False)
-    sources, _ = args.model_sources()
+    specs, _ = resolve_models(args, fetch=False)
     # Replicas look registered versions up themselves, perhaps on another node and without this process's
     # environment: they get the registry's URI as resolved here.
-    registry = None
-    if any(is_registry_uri(src) for src in sources.values()):
-        registry = registry_uri(args.tracking)
+    registry = next((s["registered"]["tracking_uri"] for s in specs.values() if "registered" in s), None)
     absolute = {k: _absolute(v) for k, v in (("manifest", args.manifest), ("checkpoint", args.checkpoint)) if v}
     return ServingConfig(
         **absolute,

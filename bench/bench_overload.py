@@ -31,19 +31,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from collections import Counter  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import logging
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import requests  # noqa: E402
+import requests
 
-from bench.bench_serve import nsmc_texts, percentile, train_checkpoint  # noqa: E402
+from bench.bench_serve import nsmc_texts, percentile, train_checkpoint
 
 log = logging.getLogger("bench_overload")
 CLIENT_TIMEOUT_S = 90.0  # longer than the proxy's 60 s: a 408 must be seen, not cut short here
@@ -104,7 +104,7 @@ def capacity(url: str, texts: list[str], per_request: int, clients: int, seconds
 
 
 def offer(url: str, texts: list[str], level: Level, per_request: int, seconds: float, deadline_s: float,
-          max_in_flight: int, replicas_now) -> None:  # noqa: ANN001 - a callable -> int
+          max_in_flight: int, replicas_now) -> None:  # a callable -> int
     """Open-loop arrivals at ``level.offered_texts_per_s`` for ``seconds``, then wait for all to end."""
     interval = per_request / level.offered_texts_per_s
     lock, local = threading.Lock(), threading.local()

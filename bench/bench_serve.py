@@ -30,15 +30,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
 
-import requests  # noqa: E402
-from fastapi import FastAPI, Request  # noqa: E402  (module level: the no-op route's annotations resolve here)
+import requests
+from fastapi import FastAPI, Request  # module level: the no-op route's annotations resolve here
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -129,14 +129,14 @@ def http_load(url: str, texts: list[str], concurrency: int, total: int,
     return lat, len(lat), time.perf_counter() - t0, len(errors)
 
 
-def noop_app():  # noqa: ANN201  (a serve.Application; ray is imported late)
+def noop_app():  # a serve.Application; ray is imported late
     """The floor: a FastAPI ingress that parses the same JSON and answers at once, no model, no batching."""
     from ray import serve
 
     api = FastAPI()
 
     class Noop:
-        async def predict(self, request):  # noqa: ANN001, ANN202
+        async def predict(self, request):
             return {"predictions": [{"text": (await request.json())["text"]}]}
 
         # Real classes, not the strings ``from __future__ import annotations`` leaves: FastAPI resolves

@@ -241,7 +241,7 @@ def cluster(run: Run, figures: Figures) -> Iterator[None]:
            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={renv}", f"--node-manager-port={nm}",
            f"--object-manager-port={om}", f"--num-cpus={run.args.num_cpus}", "--disable-usage-stats",
            f"--temp-dir={temp_dir}"]
-    head_log = open(run.logs / "ray-start.log", "w")  # noqa: SIM115  (closed below)
+    head_log = open(run.logs / "ray-start.log", "w")  # closed below
     head = subprocess.Popen(cmd, env=run.env(), stdout=head_log, stderr=subprocess.STDOUT)
     try:
         run.dashboard = f"http://127.0.0.1:{dash}"
@@ -576,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = Figures(out / "figures.json", {
         "device": torch.cuda.get_device_name() if cuda else "cpu (--allow-cpu rehearsal)", "torch": torch.__version__,
         "python": sys.version.split()[0], "budget_seconds": args.budget_s, "sizes": run.sizes,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     ok = True
     try:
         try:
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 try:
                     done = STAGE_FUNCS[stage](run, figures)
-                except Exception as e:  # noqa: BLE001  (one broken stage is recorded; the next ones still run)
+                except Exception as e:  # one broken stage is recorded; the next ones still run
                     log.exception("%s failed", stage)
                     figures.stage(stage, error=f"{type(e).__name__}: {e}")
                     done = False

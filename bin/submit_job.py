@@ -60,7 +60,7 @@ def wait(client: JobSubmissionClient, submission_id: str, poll_s: float = 1.0) -
     """Follow the logs to the end, then poll until the status is terminal (logs can end just before it)."""
     try:
         asyncio.run(_follow(client, submission_id))
-    except Exception as e:  # the log stream is a convenience; the status below decides
+    except Exception as e:  # noqa: BLE001 - the log stream is a convenience; the status below decides
         log.warning("log stream ended early (%s); waiting for the job's status", e)
     while not (status := client.get_job_status(submission_id)).is_terminal():
         time.sleep(poll_s)

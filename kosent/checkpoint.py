@@ -18,7 +18,6 @@ for loading. Credentials and endpoint come from the environment, as for Ray (``A
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -30,6 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kosent.config import utc_now
 
 META_FILE = "kosent.json"
 STATE_DIR = "training_state"
@@ -82,7 +83,7 @@ def write_meta(
         "config": config,
         "data_fingerprint": data_fingerprint,
         "model_type": model_type,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_now(),
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
 
@@ -133,7 +134,7 @@ def load_checkpoint(
     """Model (in eval mode), tokenizer and metadata of a checkpoint folder."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    import kosent.models.pooling  # noqa: F401  (registers the mean-pooling BERT with the Auto classes)
+    import kosent.models.pooling  # registers the mean-pooling BERT with the Auto classes
     import kosent.models.rnn  # noqa: F401  (registers the RNN with the Auto classes)
 
     meta = read_meta(folder)

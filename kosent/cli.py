@@ -13,58 +13,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
-from kosent.config import DataConfig, TrainConfig, from_dict, load_yaml, to_dict
+from kosent.config import DataConfig, TrainConfig, add_config_args, config_from_args, from_dict
+from kosent.logs import add_verbosity_flags, level_from_args
 from kosent.logs import setup as setup_logging
 
-_SKIP = {"data"}
-
-
-def _field_type(f: dataclasses.Field, owner: type) -> Any:
-    hint = typing.get_type_hints(owner)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
-        hint = args[0]
-    if typing.get_origin(hint) is dict or hint is dict:
-        return json.loads
-    return hint
-
-
-def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per dataclass field; flags not given stay absent so YAML values are not overridden."""
-    group = parser.add_argument_group(cls.__name__)
-    for f in dataclasses.fields(cls):
-        if f.name in _SKIP:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = _field_type(f, cls)
-        if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else None
-            group.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
-                               help=f"default: {default}")
-
-
-def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
-    """Defaults < ``--config`` YAML < flags given on the command line (``cls``: TrainConfig or a subclass)."""
-    cfg = load_yaml(args.config, cls) if getattr(args, "config", None) else cls()
-    given = vars(args)
-    train_values = {f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given and f.name not in _SKIP}
-    data_values = {f.name: given[f.name] for f in dataclasses.fields(DataConfig) if f.name in given}
-    values = to_dict(cfg) | train_values
-    values["data"] = values["data"] | data_values
-    return from_dict(cls, values)
+log = logging.getLogger(__name__)
 
 
 def data_config_from_args(args: argparse.Namespace) -> DataConfig:
-    given = vars(args)
-    return DataConfig(**{f.name: given[f.name] for f in dataclasses.fields(DataConfig) if f.name in given})
+    return config_from_args(args, DataConfig, yaml_path="")
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -121,7 +82,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from kosent.checkpoint import read_meta
     from kosent.data import make_splits
     from kosent.evaluate import evaluate_report
-    from kosent.train import log
 
     meta = read_meta(args.checkpoint)
     data_cfg = from_dict(DataConfig, meta["config"]["data"] | {
@@ -130,11 +90,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     split = getattr(splits, args.split)
     source = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(data_cfg.source).stem if "/" in data_cfg.source else data_cfg.source)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / f"eval_{source}_{args.split}"
-    log(f"evaluating {args.checkpoint} on {len(split):,} {args.split} texts of {data_cfg.source}; report in {out}")
+    log.info(f"evaluating {args.checkpoint} on {len(split):,} {args.split} texts of {data_cfg.source}; report in {out}")
     ev = evaluate_report(
         args.checkpoint, list(split["text"]), list(split["label"]), out, prefix=f"{args.split}_",
         label_names=splits.label_names, embeddings=args.embeddings, max_points=args.max_points,
-        n_errors=args.errors, n_bins=args.bins, progress=log,
+        n_errors=args.errors, n_bins=args.bins, progress=log.info,
         data={"source": data_cfg.source, "split": args.split, "fingerprint": splits.fingerprint,
               "sizes": splits.sizes()},
     )
@@ -146,13 +106,12 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from kosent.checkpoint import read_meta
     from kosent.data import make_splits
     from kosent.ensemble import build_ensemble
-    from kosent.train import log
 
     meta = read_meta(args.checkpoint)
     data_cfg = from_dict(DataConfig, meta["config"]["data"] | {
         k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(DataConfig)}})
     weight = args.tfidf_weight if args.tfidf_weight == "auto" else float(args.tfidf_weight)
-    summary = build_ensemble(args.checkpoint, args.out, make_splits(data_cfg), weight, progress=log)
+    summary = build_ensemble(args.checkpoint, args.out, make_splits(data_cfg), weight, progress=log.info)
     rows = [(who, summary["test"][who]) for who in ("model", "tfidf", "ensemble")]
     print(f"tfidf_weight {summary['tfidf_weight']}; test split:")
     for who, m in rows:
@@ -206,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     p.add_argument("--out", help="output folder (default: storage_path/name)")
     add_config_args(p, TrainConfig)
-    add_config_args(p, DataConfig)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, plots and errors of a checkpoint on a split of its data (or other data)")
@@ -241,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*")
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.set_defaults(func=_cmd_predict)
+    for command in sub.choices.values():
+        add_verbosity_flags(command)
     return parser
 
 
@@ -250,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     from kosent.models import ModelError
 
     args = build_parser().parse_args(argv)
-    setup_logging()
+    setup_logging(level_from_args(args))
     try:
         return args.func(args)
     except (DataError, ModelError, CheckpointError, FileNotFoundError, ValueError) as e:

@@ -1,4 +1,12 @@
-"""Configuration as plain dataclasses whose defaults work offline on a 2-core machine.
+"""Configuration: dataclasses whose defaults work offline on a 2-core machine.
+
+Every configuration in kosent (``TrainConfig``, ``DataConfig``, ``PretrainConfig``, ``SweepConfig``,
+``PaperConfig``, ``ServeArgs``) is declared the same way: a pydantic dataclass with ``extra="forbid"``
+(:data:`config_dataclass`), each field a ``Field(default, description=...)``. Why this one mechanism: the training
+code relies on the dataclass protocol (``dataclasses.replace``, ``fields``, ``asdict``), and values that
+arrive as text (YAML, flags, ``serve run key=value``, a Serve config file) need checking and converting,
+which pydantic does from the same declaration. The flags of every entry point are generated from it
+(:func:`add_config_args`), the description being the flag's help.
 
 One name per concept: the field names here are the CLI flags (``--train-size`` -> ``train_size``),
 the YAML keys and the keys stored in a checkpoint's ``kosent.json``.
@@ -6,13 +14,24 @@ the YAML keys and the keys stored in a checkpoint's ``kosent.json``.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import os
-from dataclasses import dataclass, field
+import time
+import types
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass
+
+#: How every config dataclass is declared (``@config_dataclass``): a pydantic dataclass on which unknown fields
+#: are errors (a typo in YAML is not ignored).
+config_dataclass = dataclass(config=ConfigDict(extra="forbid"))
 
 # The repository sits beside ``shared/`` (``../shared/data``); users point KOSENT_DATA elsewhere.
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,12 +42,17 @@ def data_home() -> Path:
     return Path(os.environ.get("KOSENT_DATA", _REPO_ROOT.parent / "shared" / "data"))
 
 
+def utc_now() -> str:
+    """The time now in UTC, ISO 8601 with a ``Z`` (``2026-12-02T13:45:07Z``): every timestamp kosent writes."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def cache_home() -> Path:
     """Where converted models and downloaded data are cached (``KOSENT_HOME``, else ~/.cache/kosent)."""
     return Path(os.environ.get("KOSENT_HOME", Path.home() / ".cache" / "kosent"))
 
 
-@dataclass
+@config_dataclass
 class DataConfig:
     """Which data, and how it is split.
 
@@ -38,20 +62,24 @@ class DataConfig:
     is ``train_size * scale`` rows of the rest, and larger scales contain the smaller ones.
     """
 
-    source: str = "nsmc"
-    path: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    label_map: dict[str, int] | None = None
-    sha256: str | None = None
-    train_size: int = 10_000
-    val_size: int = 1_000
-    test_size: int = 5_000
-    scale: int = 1
-    split_seed: int = 42  # the splits' seed, apart from the training seed: reseeding training keeps the splits
+    source: str = Field("nsmc", description="the dataset: nsmc, kmhas, a local .csv/.tsv/.txt/.jsonl/.parquet file, "
+                        "hf:<dataset id>, or an http(s):// URL (checked against --sha256)")
+    path: str | None = Field(None, description="a file or s3:// URI to read instead of the source's default "
+                             "location (nsmc and kmhas read from $KOSENT_DATA)")
+    text_column: str = Field("text", description="column holding the text in a table source")
+    label_column: str = Field("label", description="column holding the label in a table source")
+    label_map: dict[str, int] | None = Field(None, description="label value -> class id, as JSON or KEY=ID pairs "
+                                             "(default: 0/1, or the source's own labels)")
+    sha256: str | None = Field(None, description="expected SHA-256 of a downloaded file; a mismatch stops the run")
+    train_size: int = Field(10_000, ge=1, description="training rows at scale 1 (the paper's 10,000)")
+    val_size: int = Field(1_000, ge=1, description="validation rows: they pick the best epoch and the best trial")
+    test_size: int = Field(5_000, ge=1, description="test rows, scored once at the end (the paper's 5,000)")
+    scale: int = Field(1, ge=1, description="training rows = train_size x scale; larger scales contain the "
+                       "smaller ones, validation and test rows stay the same")
+    split_seed: int = Field(42, description="seed of the split only: reseeding training (--seed) keeps the splits")
 
 
-@dataclass
+@config_dataclass
 class TrainConfig:
     """How one model is trained; the same fields drive the in-process loop and every Ray worker.
 
@@ -60,50 +88,47 @@ class TrainConfig:
     ``tiny`` (random tiny BERT, for tests), ``rnn`` / ``birnn`` (GRU baselines on the same tokenizer).
     """
 
-    model: str = "e5-small-ko"
-    max_length: int = 128
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    epochs: int = 2
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    patience: int = 2
-    max_steps: int | None = None
-    seed: int = 42
-    threads: int | None = None
-    # Layer-wise learning-rate decay: encoder layer k of L (embeddings k = 0) trains at
-    # lr * layer_decay ** (L + 1 - k), the head at lr; 1.0 turns it off. Lower layers hold general
-    # language knowledge that a small labelled set should disturb less (ELECTRA, ULMFiT's discriminative LR).
-    layer_decay: float = 1.0
-    # What the classifier reads: "cls" (the first token through BERT's pooler) or "mean" (the mean of the
-    # last layer over real tokens, how e5 itself was trained to embed sentences).
-    pooling: str = "cls"
-    # Distillation: a checkpoint (a plain or an ensemble one) whose probabilities on ``unlabelled_size``
-    # unlabelled texts of the source (never a train, validation or test text) become soft targets,
-    # trained on alongside the labelled rows.
-    teacher: str | None = None
-    unlabelled_size: int | None = 20000
-    # Ray Train
-    num_workers: int = 1
-    use_gpu: bool = False
-    # GPUs per worker with use_gpu: 1 (a GPU each), or a fraction (0.25) so that several runs' workers share
-    # one GPU (Tune trials, the paper's jobs); a small model leaves most of a large GPU idle otherwise.
-    gpus_per_worker: float = 1.0
-    cpus_per_worker: float = 1.0
-    max_failures: int = 0
-    keep_checkpoints: int = 2
-    storage_path: str = "runs"
-    name: str | None = None
-    resume: bool = False
-    # Experiment tracking (kosent.tracking): None = $MLFLOW_TRACKING_URI, else a local MLflow store (SQLite) in
-    # <storage_path>/mlruns; "off" = none; anything else = a tracking URI (http://127.0.0.1:5001, sqlite:///...).
-    tracking: str | None = None
-    data: DataConfig = field(default_factory=DataConfig)
+    model: str = Field("e5-small-ko", description="the encoder to fine-tune: e5-small-ko, e5-small, tiny, rnn, "
+                       "birnn, tfidf, a Hugging Face id or a local model folder")
+    max_length: int = Field(128, ge=8, description="tokens per text; longer texts are cut")
+    batch_size: int = Field(32, ge=1, description="training texts per optimizer step (per worker)")
+    eval_batch_size: int = Field(64, ge=1, description="texts per forward pass when scoring")
+    epochs: int = Field(2, ge=1, description="passes over the training rows")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW, linear warm-up then decay)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of the steps spent warming the learning rate up")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this norm")
+    patience: int = Field(2, ge=1, description="epochs without a better val_macro_f1 before training stops early")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (quick runs, tests)")
+    seed: int = Field(42, description="seed of the model's initialisation, dropout and batch order")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the CPUs Ray gives the worker)")
+    # Lower layers hold general language knowledge that a small labelled set should disturb less (ELECTRA,
+    # ULMFiT's discriminative learning rates).
+    layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise learning-rate decay: encoder layer k of L "
+                               "trains at lr x layer_decay^(L+1-k), the head at lr; 1.0 turns it off")
+    pooling: str = Field("cls", description="what the classifier reads: cls (the first token through the pooler) "
+                         "or mean (the mean of the last layer over real tokens, how e5 embeds sentences)")
+    teacher: str | None = Field(None, description="distillation: a checkpoint whose probabilities on "
+                                "--unlabelled-size unlabelled texts become soft targets trained on alongside the labels")
+    unlabelled_size: int | None = Field(20000, ge=0, description="unlabelled texts of the source a --teacher scores "
+                                        "(never a train, validation or test text)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel; each holds a copy of the model)")
+    use_gpu: bool = Field(False, description="give each Ray Train worker a GPU share (--gpus-per-worker)")
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share of a worker with --use-gpu: 1, or a "
+                                   "fraction (0.25) so several runs share one GPU (Tune trials, the paper's jobs)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each Ray Train worker")
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts Ray Train allows (from the last "
+                              "checkpoint) before the run fails; -1: no limit")
+    keep_checkpoints: int = Field(2, ge=1, description="epoch checkpoints kept, the best by val_macro_f1")
+    storage_path: str = Field("runs", description="folder or URI (s3://bucket/runs) where a run's folder is made")
+    name: str | None = Field(None, description="the run's folder under --storage-path (default: kosent-<UTC time>-<id>)")
+    resume: bool = Field(False, description="continue the run --name from its latest checkpoint")
+    tracking: str | None = Field(None, description="MLflow tracking: a tracking URI, off, or unset for "
+                                 "$MLFLOW_TRACKING_URI else a local SQLite store in <storage-path>/mlruns")
+    data: DataConfig = Field(default_factory=DataConfig, description="which data and how it is split")
 
 
-@dataclass
+@config_dataclass
 class PretrainConfig(TrainConfig):
     """Domain-adaptive masked-LM pretraining (``ray_jobs/pretrain.py``, ``kosent.pretrain``).
 
@@ -112,15 +137,35 @@ class PretrainConfig(TrainConfig):
     out of the corpus. ``unlabelled_size`` caps the corpus (0 or None: every remaining text).
     """
 
-    epochs: int = 1
-    max_length: int = 64
-    storage_path: str = "runs/pretrain"
-    mlm_probability: float = 0.15
-    holdout_size: int = 500
-    # Share of the steps that train the masked-LM head alone (the encoder's gradients are dropped; the
-    # decoder is tied to the word embeddings, so only the head's transform and bias learn). e5 ships without
-    # that head: gradients from a random head would otherwise pull the encoder off course (docs/IMPROVING.md).
-    head_warmup_ratio: float = 0.3
+    epochs: int = Field(1, ge=1, description="passes over the unlabelled corpus")
+    max_length: int = Field(64, ge=8, description="tokens per text; longer texts are cut")
+    storage_path: str = Field("runs/pretrain", description="folder or URI where the adapted encoder's run is made")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="share of tokens masked for the masked-LM loss")
+    holdout_size: int = Field(500, ge=1, description="corpus texts held out to measure masked-LM loss")
+    # e5 ships without a masked-LM head: gradients from a random head would otherwise pull the encoder off course
+    # (docs/IMPROVING.md). The decoder is tied to the word embeddings, so only the head's transform and bias learn.
+    head_warmup_ratio: float = Field(0.3, ge=0, le=1, description="share of the steps that train the masked-LM "
+                                     "head alone, the encoder frozen")
+
+
+def absolute_local(value: Any, keep: Iterable[str] = ()) -> Any:
+    """``value`` as an absolute path when it names an existing local file or folder; anything else (a URI, a hub
+    id, a name in ``keep`` such as a model alias, a path that does not exist) as given. Ray workers and Tune
+    trials do not share the driver's working directory: every local path they get goes through here."""
+    if not isinstance(value, str) or value in set(keep) or "://" in value or not Path(value).expanduser().exists():
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+def with_absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its local paths absolute (:func:`absolute_local`): the model folder (an alias such as ``tiny``
+    wins over a ./tiny/ folder), the teacher checkpoint, the data file."""
+    from kosent.models import ALIASES
+
+    data = dataclasses.replace(cfg.data, path=absolute_local(cfg.data.path),
+                               source=absolute_local(cfg.data.source, keep=("nsmc", "kmhas")))
+    return dataclasses.replace(cfg, model=absolute_local(cfg.model, keep=ALIASES),
+                               teacher=absolute_local(cfg.teacher, keep=ALIASES), data=data)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -152,3 +197,136 @@ def load_yaml(path: str | Path, cls: type = TrainConfig) -> Any:
     if not isinstance(values, dict):
         raise ValueError(f"{p}: expected a mapping of config fields at the top level")
     return from_dict(cls, values)
+
+
+# --------------------------------------------------------------------------------------------------
+# Flags: one per field, generated from the declaration (the description is the help line)
+# --------------------------------------------------------------------------------------------------
+
+
+def _hint(cls: type, name: str) -> Any:
+    """The field's type with ``None`` taken out of an optional one (``int | None`` -> ``int``)."""
+    hint = typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _scalar(kind: Any) -> Any:
+    """An argparse ``type`` for a simple field type (strings pass through)."""
+    return kind if kind in (int, float, str) else str
+
+
+def _mapping_item(value_kind: Any) -> Any:
+    """Parses one ``KEY=VALUE`` (or a JSON object) given to a mapping flag, the value as ``value_kind``."""
+
+    def parse(text: str) -> dict[str, Any]:
+        if text.lstrip().startswith("{"):
+            try:
+                found = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise argparse.ArgumentTypeError(f"not a JSON object: {e}") from None
+            if not isinstance(found, dict):
+                raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+            return found
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        if value_kind in (int, float):
+            try:
+                return {key.strip(): value_kind(value)}
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{key}: {value!r} is not {value_kind.__name__}") from None
+        if value_kind is str:
+            return {key.strip(): value}
+        try:  # Any: a JSON scalar (2, 0.5, true) or else the text itself
+            return {key.strip(): json.loads(value)}
+        except json.JSONDecodeError:
+            return {key.strip(): value}
+
+    return parse
+
+
+class _MergeMapping(argparse.Action):
+    """``--flag A=1 B=2 --flag C=3``: every item merged into one dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        merged = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            merged.update(item)
+        setattr(namespace, self.dest, merged)
+
+
+def _help(cls: type, f: dataclasses.Field) -> str:
+    info = getattr(cls, "__pydantic_fields__", {}).get(f.name)
+    description = (info.description if info is not None else None) or f.name.replace("_", " ")
+    default = info.get_default(call_default_factory=True) if info is not None else f.default
+    if isinstance(default, bool):
+        return f"{description} (default: {'on' if default else 'off'})".replace("%", "%%")
+    if default is None or default == {}:
+        return description.replace("%", "%%")
+    shown = " ".join(map(str, default)) if isinstance(default, list) else default
+    return f"{description} (default: {shown})".replace("%", "%%")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: Iterable[str] = ()) -> None:
+    """One ``--flag`` per field of the config dataclass ``cls``, and of a nested config (``data``) too, each with
+    its description as help. Flags not given stay absent, so YAML values are not overridden; ``skip``: fields
+    whose flag the caller defines itself."""
+    skip = set(skip)
+    group = parser.add_argument_group(cls.__name__)
+    nested = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind = _hint(cls, f.name)
+        if dataclasses.is_dataclass(kind):
+            nested.append(kind)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        common = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help(cls, f)}
+        origin = typing.get_origin(kind)
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif origin is list:
+            group.add_argument(flag, nargs="*", type=_scalar(typing.get_args(kind)[0]), metavar="VALUE", **common)
+        elif origin is dict or kind is dict:
+            value_kind = (typing.get_args(kind) or (str, Any))[1]
+            group.add_argument(flag, nargs="+", action=_MergeMapping, type=_mapping_item(value_kind),
+                               metavar="KEY=VALUE", **common)
+        else:
+            group.add_argument(flag, type=_scalar(kind), metavar=f.name.upper(), **common)
+    for kind in nested:
+        add_config_args(parser, kind, skip)
+
+
+def config_from_args(args: argparse.Namespace, cls: type = TrainConfig, yaml_path: str | None = None) -> Any:
+    """Defaults < the YAML file ``yaml_path`` (default: ``--config``) < flags given on the command line. Flags of
+    a nested config (``--train-size`` of ``data``) land in it."""
+    path = yaml_path if yaml_path is not None else getattr(args, "config", None)
+    cfg = load_yaml(path, cls) if path else cls()
+    return from_dict(cls, _merge_given(to_dict(cfg), cls, vars(args)))
+
+
+def _merge_given(values: dict[str, Any], cls: type, given: dict[str, Any]) -> dict[str, Any]:
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        kind = _hint(cls, f.name)
+        if dataclasses.is_dataclass(kind):
+            out[f.name] = _merge_given(out.get(f.name) or {}, kind, given)
+        elif f.name in given:
+            out[f.name] = given[f.name]
+    return out
+
+
+def reject_renamed(parser: argparse.ArgumentParser, renamed: dict[str, str]) -> None:
+    """Flags that were renamed fail with a message naming the new spelling (``{"--model": "--models"}``)."""
+
+    class Renamed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{option_string} is now {renamed[option_string]}")
+
+    for old in renamed:
+        parser.add_argument(old, nargs="*", action=Renamed, help=argparse.SUPPRESS)

@@ -13,6 +13,10 @@ Every reader follows the same rules:
   columns) raises :class:`DataError` naming the file and the problem.
 * Texts go through :func:`kosent.text.normalize`, the same function serving uses.
 * Columns the user gave that are not text or label are kept in ``Table.extra``.
+
+Longer than 600 lines because every stage of reading data still lives here (report and table, bytes and
+labels, readers, splits: the banner comments below): the data-at-scale work (streaming ingest with Ray Data)
+turns it into a ``kosent.data`` package along those banners, keeping the names callers import.
 """
 
 from __future__ import annotations

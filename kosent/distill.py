@@ -15,8 +15,8 @@ Labels of the unlabelled texts are never read, and no validation or test text is
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ import torch
 from kosent import batches
 from kosent.config import TrainConfig
 from kosent.data import Splits, load_table, unseen_texts
+
+log = logging.getLogger(__name__)
 
 
 class DistillError(ValueError):
@@ -68,11 +70,12 @@ def teacher_probs(teacher: str, texts: list[str], label_names: list[str], device
 
 
 def training_set(cfg: TrainConfig, splits: Splits, tokenizer: object, device: torch.device,
-                 log: Callable[[str], None] = print) -> batches.Encoded:
+                 quiet: bool = False) -> batches.Encoded:
     """The labelled training rows, plus (with a teacher) the unlabelled rows with the teacher's probabilities.
 
     Every row gets a target distribution when there is a teacher (one-hot for labelled rows); the label of
-    an unlabelled row is the teacher's argmax, used only for the train accuracy that the loop logs."""
+    an unlabelled row is the teacher's argmax, used only for the train accuracy that the loop logs.
+    ``quiet``: no log line (the Ray Train workers other than rank 0)."""
     train = splits.train.to_dict()
     enc = batches.encode(tokenizer, train["text"], train["label"], cfg.max_length)
     if not cfg.teacher:
@@ -81,8 +84,9 @@ def training_set(cfg: TrainConfig, splits: Splits, tokenizer: object, device: to
         raise DistillError("a teacher needs unlabelled texts: build the splits through kosent.distill.with_unlabelled")
     t0 = time.perf_counter()
     probs = teacher_probs(cfg.teacher, splits.unlabelled, splits.label_names, device, cfg.eval_batch_size)
-    log(f"teacher {cfg.teacher}: {len(probs):,} unlabelled texts scored in {time.perf_counter() - t0:.0f}s "
-        f"(mean max-probability {float(probs.max(axis=1).mean()):.3f})")
+    if not quiet:
+        log.info(f"teacher {cfg.teacher}: {len(probs):,} unlabelled texts scored in {time.perf_counter() - t0:.0f}s "
+                 f"(mean max-probability {float(probs.max(axis=1).mean()):.3f})")
     soft = batches.encode(tokenizer, splits.unlabelled, probs.argmax(axis=1).tolist(), cfg.max_length)
     one_hot = np.eye(len(splits.label_names), dtype=np.float32)[np.asarray(enc.labels, dtype=np.int64)]
     return batches.Encoded(input_ids=enc.input_ids + soft.input_ids, labels=enc.labels + soft.labels,

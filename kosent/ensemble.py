@@ -4,7 +4,8 @@ The two make different mistakes (sub-word semantics vs character n-grams), so a 
 their probabilities beats either alone for the price of a TF-IDF fit (seconds). The result stays one
 artifact: the model's checkpoint folder, plus the TF-IDF model in ``tfidf/`` (JSON + safetensors, no
 pickle) and an ``ensemble`` entry in ``kosent.json``. ``Predictor.from_checkpoint`` sees that entry and
-mixes, so the CLI, evaluation and Serve load an ensemble exactly like any checkpoint.
+mixes (:func:`kosent.predict.mix`, also importable from here), so the CLI, evaluation and Serve load an
+ensemble exactly like any checkpoint. This module builds ensembles; scoring one needs only ``kosent.predict``.
 
 The weight defaults to a plain average (0.5); ``tfidf_weight="auto"`` picks it on the validation split
 (macro F1), never on test. The TF-IDF model is fitted on the same training split as the model (the data
@@ -14,8 +15,10 @@ fingerprints must match), so validation stays unseen by both. docs/RESULTS.md ha
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +28,13 @@ from kosent.checkpoint import META_FILE, STATE_DIR, CheckpointError, read_meta
 from kosent.data import Splits
 from kosent.metrics import classification_metrics
 from kosent.models.tfidf import TfidfClassifier
+from kosent.predict import Predictor, mix
+
+log = logging.getLogger(__name__)
 
 TFIDF_DIR = "tfidf"
 WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 21))  # the grid searched by tfidf_weight="auto"
 DEFAULT_WEIGHT = 0.5  # a plain average: on NSMC's 1,000-text validation split the searched weight is noisy
-
-
-def _log_odds(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-def mix(p_model: np.ndarray, p_tfidf_positive: np.ndarray, tfidf_weight: float) -> np.ndarray:
-    """``(n, 2)`` probabilities from the weighted average of the two models' log-odds of label 1.
-
-    Log-odds rather than probabilities: the fine-tuned model is far more confident than TF-IDF, and in
-    probability space its near-0/1 outputs would swamp the baseline's whatever the weight.
-    """
-    z = (1.0 - tfidf_weight) * _log_odds(np.asarray(p_model)[:, 1]) + tfidf_weight * _log_odds(p_tfidf_positive)
-    p1 = 1.0 / (1.0 + np.exp(-z))
-    return np.stack([1.0 - p1, p1], axis=1)
 
 
 def choose_weight(p_model: np.ndarray, p_tfidf_positive: np.ndarray, labels: list[int],
@@ -59,14 +49,14 @@ def choose_weight(p_model: np.ndarray, p_tfidf_positive: np.ndarray, labels: lis
 
 
 def build_ensemble(checkpoint: str | Path, out: str | Path, splits: Splits,
-                   tfidf_weight: float | str = DEFAULT_WEIGHT, progress: Any = print,
+                   tfidf_weight: float | str = DEFAULT_WEIGHT, progress: Callable[[str], None] | None = None,
                    device: str = "cpu") -> dict[str, Any]:
     """Copy ``checkpoint`` to ``out``, fit TF-IDF on ``splits.train``, pick the weight on validation, score test.
 
     Returns a summary with validation and test metrics of the model alone, TF-IDF alone and the ensemble.
+    ``progress(message)`` gets the progress lines (default: this module's log at INFO).
     """
-    from kosent.predict import Predictor  # late: predict imports this module
-
+    progress = progress or log.info
     checkpoint, out = Path(checkpoint), Path(out)
     meta = read_meta(checkpoint)
     if meta.get("ensemble"):

@@ -7,12 +7,12 @@ by Serve. Serving never digs through result folders; it reads this.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from pathlib import Path
 from typing import Any
 
 from kosent.checkpoint import read_checked_json, read_meta
+from kosent.config import utc_now
 
 MANIFEST_FILE = "manifest.json"
 
@@ -39,7 +39,7 @@ def write_manifest(
         "config": meta.get("config", {}),
         "val_metrics": val_metrics,
         "test_metrics": test_metrics or {},
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": utc_now(),
         "source": source,
     } | (extra or {})
     path = Path(path)

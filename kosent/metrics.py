@@ -8,6 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
+#: The metric that picks the best run everywhere: the epoch a run keeps, the trial a sweep publishes, the
+#: checkpoints Ray Train keeps, the early stop. Validation macro F1: the splits may be unbalanced (K-MHaS is).
+BEST_METRIC = "val_macro_f1"
+BEST_MODE = "max"
+
 DEFAULT_BINS = 10
 
 

@@ -11,7 +11,7 @@ How it is scaled out. Neural runs go through Ray Train (:func:`kosent.ray_train.
 small Ray task (``DRIVER_CPUS``) so several runs train at once; TF-IDF fits are 1-CPU Ray tasks. A driver-
 side pool starts a run only when the cluster has its CPUs (and GPUs) free: a Train run left waiting for
 resources fails after its start-up timeout. The neural scale runs are one Ray Tune sweep per model
-(:func:`kosent.tune.run_sweep`, one trial per scale, no early stopping). Every checkpoint is then scored
+(:func:`kosent.sweep.run_sweep`, one trial per scale, no early stopping). Every checkpoint is then scored
 once on its untouched test split by :func:`kosent.evaluate.evaluate_report` in this process.
 
 Library code: needs a connected Ray cluster, never parses arguments. Checkpoints are written under
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -30,23 +31,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from kosent.config import DataConfig, TrainConfig
+from kosent.config import DataConfig, TrainConfig, config_dataclass
 from kosent.data import DataError, DataReport, Splits, Table, load_table, make_splits
 
 EXPERIMENTS = ("baselines", "scale", "kmhas")
 DEFAULT_LRS = {"e5-small-ko": 5e-5, "e5-small": 5e-5, "tiny": 3e-3, "rnn": 2e-3, "birnn": 2e-3}
 FALLBACK_LR = 5e-5  # Hugging Face encoders by hub id or folder
 NON_TRANSFORMERS = ("tfidf", "rnn", "birnn")
-DRIVER_CPUS = 0.01  # the Ray task that drives one Train run (as Tune's trial driver in kosent.tune)
+DRIVER_CPUS = 0.01  # the Ray task that drives one Train run (as Tune's trial driver in kosent.sweep)
 
 
 class PaperError(ValueError):
     """Settings the plan cannot run with; the message names the setting and the fix."""
 
 
-def _log(msg: str) -> None:
-    print(f"[paper {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = logging.getLogger(__name__)
 
 
 def slug(name: str) -> str:
@@ -54,36 +55,46 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
 
 
-@dataclass
+@config_dataclass
 class PaperConfig:
     """The plan; the defaults are the paper's full setting (a GPU cluster's work, hours on a CPU)."""
 
-    experiments: list[str] = field(default_factory=lambda: list(EXPERIMENTS))
-    models: list[str] = field(default_factory=lambda: ["rnn", "birnn", "tfidf", "e5-small-ko"])
-    scale_models: list[str] = field(default_factory=lambda: ["e5-small-ko", "tfidf"])
-    kmhas_models: list[str] = field(default_factory=lambda: ["e5-small-ko", "tfidf"])
-    scales: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
-    train_size: int = 10_000
-    val_size: int = 1_000
-    test_size: int = 5_000
-    split_seed: int = 42
-    seed: int = 42
-    epochs: int = 2
-    kmhas_epochs: int = 5  # the paper's news-comment run
-    kmhas_negative_fraction: float = 0.85  # hate share after resampling; 0.87 is the most K-MHaS allows at 10k/1k/5k
-    max_steps: int | None = None
-    batch_size: int = 32
-    max_length: int = 128
-    lrs: dict[str, float] = field(default_factory=dict)  # per model; DEFAULT_LRS fills the rest
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    gpus_per_worker: float = 1.0  # TrainConfig.gpus_per_worker: a fraction runs several jobs on one GPU at once
-    storage_path: str = "runs/paper"
-    name: str | None = None
-    embeddings: list[str] | None = None  # models whose NSMC test embeddings are drawn; None: the transformers
-    max_points: int = 2000
-    tracking: str | None = None  # TrainConfig.tracking of every run (ray_jobs/paper.py passes the job's store)
+    experiments: list[str] = Field(default_factory=lambda: list(EXPERIMENTS),
+                                   description=f"which experiments to run: some of {', '.join(EXPERIMENTS)}")
+    models: list[str] = Field(default_factory=lambda: ["rnn", "birnn", "tfidf", "e5-small-ko"],
+                              description="models of the baselines experiment, on NSMC")
+    scale_models: list[str] = Field(default_factory=lambda: ["e5-small-ko", "tfidf"],
+                                    description="models of the scale experiment")
+    kmhas_models: list[str] = Field(default_factory=lambda: ["e5-small-ko", "tfidf"],
+                                    description="models of the K-MHaS news-comment experiment")
+    scales: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5],
+                              description="multiples of --train-size of the scale experiment")
+    train_size: int = Field(10_000, description="training rows at scale 1 (the paper's 10,000)")
+    val_size: int = Field(1_000, description="validation rows: they choose each run's checkpoint")
+    test_size: int = Field(5_000, description="test rows, scored once per checkpoint (the paper's 5,000)")
+    split_seed: int = Field(42, description="seed of the splits")
+    seed: int = Field(42, description="seed of every run's training")
+    epochs: int = Field(2, description="epochs of the NSMC runs (the paper's 2)")
+    kmhas_epochs: int = Field(5, description="epochs of the K-MHaS runs (the paper's news-comment run)")
+    kmhas_negative_fraction: float = Field(0.85, description="share of hate texts after resampling K-MHaS; 0.87 is "
+                                           "the most it allows at 10,000 / 1,000 / 5,000")
+    max_steps: int | None = Field(None, description="at most this many optimizer steps per neural run")
+    batch_size: int = Field(32, description="training texts per optimizer step")
+    max_length: int = Field(128, description="tokens per text")
+    lrs: dict[str, float] = Field(default_factory=dict, description="learning rate per model, MODEL=LR (defaults: "
+                                  "e5 5e-5, rnn/birnn 2e-3, tiny 3e-3)")
+    num_workers: int = Field(1, description="Ray Train workers per run")
+    cpus_per_worker: float = Field(1.0, description="CPUs per Ray Train worker")
+    use_gpu: bool = Field(False, description="a GPU share (--gpus-per-worker) per Ray Train worker")
+    gpus_per_worker: float = Field(1.0, description="GPU share per worker with --use-gpu: 0.25 runs four runs' "
+                                   "workers on one GPU at once")
+    storage_path: str = Field("runs/paper", description="run folders go to <storage-path>/<name>")
+    name: str | None = Field(None, description="the job's folder under --storage-path (default: paper-<UTC time>)")
+    embeddings: list[str] | None = Field(None, description="models whose NSMC test embeddings get PCA / t-SNE "
+                                         "views (default: the transformer models; none: give the flag no value)")
+    max_points: int = Field(2000, description="texts in each PCA / t-SNE view")
+    tracking: str | None = Field(None, description="MLflow tracking URI of every run, or off (default: "
+                                 "$MLFLOW_TRACKING_URI, else <storage-path>/mlruns)")
 
     def lr(self, model: str) -> float:
         return float(self.lrs.get(model, DEFAULT_LRS.get(model, FALLBACK_LR)))
@@ -292,19 +303,24 @@ def _strip_test(splits: Splits) -> Splits:
     return dataclasses.replace(splits, test=splits.test.select([]))
 
 
-def _train_task(cfg: TrainConfig, splits: Splits) -> dict[str, Any]:
-    """A Ray task: one Ray Train run (kosent.ray_train.fit) of ``cfg``."""
+def _train_task(cfg: TrainConfig, splits: Splits, log_level: int) -> dict[str, Any]:
+    """A Ray task: one Ray Train run (kosent.ray_train.fit) of ``cfg``, logging at the driver's ``log_level``
+    (its workers too: :func:`kosent.ray_train.fit` passes the level on)."""
+    from kosent.logs import setup as setup_logging
     from kosent.ray_train import fit
 
+    setup_logging(log_level)
     result = fit(cfg, splits)
     return {"checkpoint": str(result.checkpoint), "metrics": result.metrics, "history": result.history,
             "run_dir": result.run_dir, "wall_seconds": result.wall_seconds}
 
 
-def _tfidf_task(cfg: TrainConfig, splits: Splits, out: str) -> dict[str, Any]:
-    """A Ray task: the TF-IDF + logistic regression baseline (one CPU, no Ray Train)."""
+def _tfidf_task(cfg: TrainConfig, splits: Splits, out: str, log_level: int) -> dict[str, Any]:
+    """A Ray task: the TF-IDF + logistic regression baseline (one CPU, no Ray Train), logging at ``log_level``."""
+    from kosent.logs import setup as setup_logging
     from kosent.train import fit_tfidf
 
+    setup_logging(log_level)
     t0 = time.perf_counter()
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -316,18 +332,20 @@ def _tfidf_task(cfg: TrainConfig, splits: Splits, out: str) -> dict[str, Any]:
 def _launch(job: Job) -> Any:
     import ray
 
+    level = logging.getLogger("kosent").getEffectiveLevel()  # the tasks' processes log like this one
     if job.model == "tfidf":
         return ray.remote(_tfidf_task).options(num_cpus=1, max_retries=0).remote(
-            job.cfg, _strip_test(job.splits), str(job.run_dir))
+            job.cfg, _strip_test(job.splits), str(job.run_dir), level)
     # The task driving the run takes DRIVER_CPUS; its workers the rest of the job's CPUs, so a job costs
     # exactly num_workers * cpus_per_worker (two 1-CPU runs fit on two CPUs).
     cpus = round(job.cfg.cpus_per_worker - DRIVER_CPUS / job.cfg.num_workers, 6)
     cfg = dataclasses.replace(job.cfg, cpus_per_worker=cpus)
-    return ray.remote(_train_task).options(num_cpus=DRIVER_CPUS, max_retries=0).remote(cfg, _strip_test(job.splits))
+    return ray.remote(_train_task).options(num_cpus=DRIVER_CPUS, max_retries=0).remote(cfg, _strip_test(job.splits),
+                                                                                       level)
 
 
 def _error_line(e: BaseException) -> str:
-    from kosent.tune import failure_reason
+    from kosent.sweep import failure_reason
 
     return failure_reason(e)
 
@@ -356,8 +374,8 @@ def run_pool(jobs: list[Job], on_done: Callable[[Job, dict[str, Any] | None, str
                 free[1] -= gpu
                 running[_launch(job)] = job
                 started[job.key] = time.perf_counter()
-                _log(f"started {job.key} ({job.cfg.data.train_size * job.scale:,} training texts; "
-                     f"{len(running)} running, {len(pending)} waiting)")
+                log.info(f"started {job.key} ({job.cfg.data.train_size * job.scale:,} training texts; "
+                         f"{len(running)} running, {len(pending)} waiting)")
         done, _ = ray.wait(list(running), num_returns=1)
         job = running.pop(done[0])
         cpu, gpu = job.cost()
@@ -365,10 +383,13 @@ def run_pool(jobs: list[Job], on_done: Callable[[Job, dict[str, Any] | None, str
         free[1] += gpu
         try:
             result, error = ray.get(done[0]), ""
-        except Exception as e:  # noqa: BLE001  (one failed run is reported; the others go on)
+        except Exception as e:  # noqa: BLE001 - one failed run is reported; the others go on
             result, error = None, _error_line(e)
-        _log(f"{'finished' if not error else 'FAILED'} {job.key} after {time.perf_counter() - started[job.key]:.0f}s"
-             + (f": {error}" if error else ""))
+        took = f"{job.key} after {time.perf_counter() - started[job.key]:.0f}s"
+        if error:
+            log.warning(f"FAILED {took}: {error}")
+        else:
+            log.info(f"finished {took}")
         on_done(job, result, error)
 
 
@@ -396,14 +417,14 @@ def plan(pcfg: PaperConfig, root: Path) -> tuple[list[Job], list[str]]:
     embed = set(pcfg.embedding_models())
     if "baselines" in pcfg.experiments:
         splits = make_splits(pcfg.data())
-        _log(f"NSMC: {splits.sizes()}")
+        log.info(f"NSMC: {splits.sizes()}")
         for model in pcfg.models:
             cfg = pcfg.train_config(model, pcfg.data(), root / "baselines", slug(model), pcfg.epochs)
             jobs.append(Job("baselines", "nsmc", model, cfg, splits, embeddings=model in embed))
     if "kmhas" in pcfg.experiments:
         for variant in ("as_is", "resampled"):
             splits = kmhas_splits(pcfg, resampled=variant == "resampled")
-            _log(f"K-MHaS {variant}: {splits.sizes()}, test {splits.report.split_class_counts['test']}")
+            log.info(f"K-MHaS {variant}: {splits.sizes()}, test {splits.report.split_class_counts['test']}")
             for model in pcfg.kmhas_models:
                 cfg = pcfg.train_config(model, pcfg.data("kmhas"), root / "kmhas", f"{variant}-{slug(model)}",
                                         pcfg.kmhas_epochs)
@@ -451,41 +472,41 @@ def _evaluate(job: Job, record: Record, pcfg: PaperConfig, evaluations: dict[str
             seed=pcfg.seed, title=f"{job.model} ({job.experiment} {job.variant})",
             data={"source": job.cfg.data.source, "variant": job.variant, "fingerprint": job.splits.fingerprint,
                   "sizes": job.splits.sizes()},
-            progress=lambda msg: _log(f"{job.key}: {msg}"),
+            progress=lambda msg: log.info(f"{job.key}: {msg}"),
         )
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - one failed evaluation or sweep is reported; the other runs go on
         record.error = f"evaluation failed: {type(e).__name__}: {e}"
-        _log(f"FAILED to evaluate {job.key}: {record.error}")
+        log.warning(f"FAILED to evaluate {job.key}: {record.error}")
         return
     record.metrics = ev.metrics
     record.eval_seconds = float(ev.metrics.get("test_seconds", 0.0))
     record.report_dir = str(out)
     evaluations[job.key] = ev
     m = ev.metrics
-    _log(f"{job.key}: test accuracy {m['test_accuracy']:.4f} macro F1 {m['test_macro_f1']:.4f} "
-         + " ".join(f"F1 {n} {m[f'test_f1_{n}']:.4f}" for n in ev.label_names) + f" (report {out})")
+    log.info(f"{job.key}: test accuracy {m['test_accuracy']:.4f} macro F1 {m['test_macro_f1']:.4f} "
+             + " ".join(f"F1 {n} {m[f'test_f1_{n}']:.4f}" for n in ev.label_names) + f" (report {out})")
 
 
 def _scale_sweep(model: str, pcfg: PaperConfig, root: Path, records: list[Record], evaluations: dict[str, Any]) -> None:
     """One Tune sweep over the scales for ``model`` (one lr, no ASHA); every trial's best checkpoint is scored
     on the shared test split."""
-    from kosent.tune import SweepConfig, run_sweep
+    from kosent.sweep import SweepConfig, run_sweep
 
     base = pcfg.train_config(model, pcfg.data(), root / "scale", slug(model), pcfg.epochs)
     sweep = SweepConfig(lrs=[pcfg.lr(model)], scales=sorted(pcfg.scales), asha=False,
                         name=f"sweep-{slug(model)}", storage_path=str(root / "scale"))
-    _log(f"scale: Tune sweep of {model} over scales {sorted(pcfg.scales)} (lr {pcfg.lr(model):g})")
+    log.info(f"scale: Tune sweep of {model} over scales {sorted(pcfg.scales)} (lr {pcfg.lr(model):g})")
     t0 = time.perf_counter()
     try:
         result = run_sweep(sweep, base)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - one failed evaluation or sweep is reported; the other runs go on
         error = _error_line(e)
-        _log(f"FAILED scale sweep of {model}: {error}")
+        log.warning(f"FAILED scale sweep of {model}: {error}")
         for scale in sorted(pcfg.scales):
             records.append(Record("scale", f"x{scale}", model, scale, pcfg.train_size * scale, pcfg.test_size, {},
                                   [], error=error, run_dir=str(root / "scale" / sweep.name)))
         return
-    _log(f"scale: sweep of {model} done in {time.perf_counter() - t0:.0f}s ({result.path})")
+    log.info(f"scale: sweep of {model} done in {time.perf_counter() - t0:.0f}s ({result.path})")
     test_splits = make_splits(pcfg.data())
     for row in sorted(result.trials, key=lambda r: r.scale):
         splits = dataclasses.replace(test_splits, train=make_splits(pcfg.data(scale=row.scale)).train)
@@ -494,7 +515,7 @@ def _scale_sweep(model: str, pcfg: PaperConfig, root: Path, records: list[Record
         error = "" if row.checkpoint and row.outcome in ("completed", "early_stopped") else (
             row.error or f"trial {row.outcome} without a checkpoint")
         record = _record(job, {"checkpoint": row.checkpoint or "", "metrics": row.val_metrics, "history": row.history,
-                               "run_dir": row.path, "wall_seconds": row.seconds or 0.0}, error)
+                               "run_dir": row.run_dir, "wall_seconds": row.seconds or 0.0}, error)
         _evaluate(job, record, pcfg, evaluations)
         records.append(record)
 
@@ -522,10 +543,10 @@ def run_paper(pcfg: PaperConfig, root: str | Path) -> PaperResult:
         raise PaperError(f"{root} already holds a run: choose another --name (or none, for a fresh one)")
     root.mkdir(parents=True, exist_ok=True)
     for model in sorted(set(pcfg.models + pcfg.scale_models + pcfg.kmhas_models) - {"tfidf"}):
-        _log(f"model {model}: {resolve_model(model)}")  # builds the offline e5 folder once, here
+        log.info(f"model {model}: {resolve_model(model)}")  # builds the offline e5 folder once, here
     jobs, sweeps = plan(pcfg, root)
-    _log(f"{len(jobs)} run(s) through the pool" + (f", then Tune scale sweeps of {', '.join(sweeps)}" if sweeps else "")
-         + f"; cluster {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
+    log.info(f"{len(jobs)} run(s) through the pool" + (f", then Tune scale sweeps of {', '.join(sweeps)}" if sweeps else "")
+             + f"; cluster {ray.cluster_resources().get('CPU', 0):g} CPUs, {ray.cluster_resources().get('GPU', 0):g} GPUs")
     records: list[Record] = []
     evaluations: dict[str, Any] = {}
 
@@ -533,7 +554,7 @@ def run_paper(pcfg: PaperConfig, root: str | Path) -> PaperResult:
         record = _record(job, result, error)
         _evaluate(job, record, pcfg, evaluations)
         records.append(record)
-        _log(f"progress: {len(records)}/{len(jobs)} pool run(s) done")
+        log.info(f"progress: {len(records)}/{len(jobs)} pool run(s) done")
 
     if jobs:
         run_pool(jobs, done)

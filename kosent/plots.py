@@ -49,7 +49,7 @@ def plot_learning_curves(history: list[dict[str, Any]], path: str | Path, title:
 
 
 # --------------------------------------------------------------------------------------------------
-# Sweeps (kosent.tune): rows are TrialRow-like objects with trial_id, lr, scale, val_macro_f1, outcome
+# Sweeps (kosent.sweep): rows are TrialRow-like objects with trial_id, lr, scale, val_macro_f1, outcome
 # and history (per-epoch metric dicts).
 # --------------------------------------------------------------------------------------------------
 

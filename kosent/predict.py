@@ -1,4 +1,9 @@
-"""Predictions from a checkpoint folder: the CLI, evaluation and the Serve replica all call this."""
+"""Predictions from a checkpoint folder: the CLI, evaluation and the Serve replica all call this.
+
+An ensemble checkpoint (BERT + TF-IDF, built by :mod:`kosent.ensemble`) is scored here too: :func:`mix` is the
+one rule that combines the two models' probabilities. ``kosent.ensemble`` imports this module, never the
+reverse, so loading a predictor (a Serve replica) does not import the data readers the ensemble builder needs.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,22 @@ from kosent import batches
 from kosent.checkpoint import fetch_checkpoint, is_uri, load_checkpoint, read_meta
 from kosent.models.tfidf import TfidfClassifier
 from kosent.text import normalize
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def mix(p_model: np.ndarray, p_tfidf_positive: np.ndarray, tfidf_weight: float) -> np.ndarray:
+    """``(n, 2)`` probabilities from the weighted average of the two models' log-odds of label 1.
+
+    Log-odds rather than probabilities: the fine-tuned model is far more confident than TF-IDF, and in
+    probability space its near-0/1 outputs would swamp the baseline's whatever the weight.
+    """
+    z = (1.0 - tfidf_weight) * _log_odds(np.asarray(p_model)[:, 1]) + tfidf_weight * _log_odds(p_tfidf_positive)
+    p1 = 1.0 / (1.0 + np.exp(-z))
+    return np.stack([1.0 - p1, p1], axis=1)
 
 
 @dataclass
@@ -72,8 +93,6 @@ class Predictor:
                                 attention_mask=batch["attention_mask"].to(self.device)).logits
             out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         if self.tfidf is not None:
-            from kosent.ensemble import mix
-
             out = mix(out, self.tfidf.predict_proba(list(texts)), self.tfidf_weight).astype(np.float32)
         return out
 

@@ -16,6 +16,7 @@ checked and recorded as zero. A small slice of the corpus is held out to report 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -31,7 +32,9 @@ from kosent import batches
 from kosent.checkpoint import load_training_state, save_training_state
 from kosent.config import PretrainConfig, to_dict
 from kosent.data import load_table, make_splits, unseen_texts
-from kosent.train import Session, _autocast, _optimizer, log, seed_everything
+from kosent.train import Session, _autocast, _optimizer, seed_everything
+
+log = logging.getLogger(__name__)
 
 META_FILE = "kosent_pretrain.json"
 
@@ -126,8 +129,8 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
     encoder = [p for n, p in model.named_parameters() if not n.startswith("cls.")]
     wrapped = session.prepare_model(model)
     if session.rank == 0:
-        log(f"pretraining {cfg.model} (masked LM) on {len(enc):,} unlabelled texts x {cfg.epochs} epoch(s), "
-            f"{steps_per_epoch} steps/epoch/worker, {session.world_size} worker(s), device {session.device}")
+        log.info(f"pretraining {cfg.model} (masked LM) on {len(enc):,} unlabelled texts x {cfg.epochs} epoch(s), "
+                 f"{steps_per_epoch} steps/epoch/worker, {session.world_size} worker(s), device {session.device}")
 
     for epoch in range(start_epoch, cfg.epochs):
         wrapped.train()
@@ -154,13 +157,13 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
             step += 1
             if step == head_steps:
                 if session.rank == 0:
-                    log(f"step {step}: masked-LM head warmed up; training the encoder too")
+                    log.info(f"step {step}: masked-LM head warmed up; training the encoder too")
             seen += len(inputs)
             loss_sum += out.loss.item() * len(inputs)
             if session.rank == 0 and (i + 1) % report_every == 0:
                 rate = seen / (time.perf_counter() - t0)
-                log(f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} mlm loss {loss_sum / seen:.4f} "
-                    f"{rate * session.world_size:.1f} texts/s, epoch eta {(steps_per_epoch - i - 1) * cfg.batch_size / rate:.0f}s")
+                log.info(f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} mlm loss {loss_sum / seen:.4f} "
+                         f"{rate * session.world_size:.1f} texts/s, epoch eta {(steps_per_epoch - i - 1) * cfg.batch_size / rate:.0f}s")
             if step >= total:
                 break
         seconds = time.perf_counter() - t0
@@ -172,8 +175,8 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
         history.append(metrics)
         folder = None
         if session.rank == 0:
-            log(f"epoch {epoch + 1}/{cfg.epochs} train_mlm_loss {metrics['train_mlm_loss']:.4f} "
-                f"val_mlm_loss {metrics['val_mlm_loss']:.4f} {metrics['samples_per_second']:.1f} texts/s ({seconds:.0f}s)")
+            log.info(f"epoch {epoch + 1}/{cfg.epochs} train_mlm_loss {metrics['train_mlm_loss']:.4f} "
+                     f"val_mlm_loss {metrics['val_mlm_loss']:.4f} {metrics['samples_per_second']:.1f} texts/s ({seconds:.0f}s)")
             folder = Path(tempfile.mkdtemp(prefix="kosent-pretrain-"))
             save_model_folder(folder, model, tokenizer, cfg, corpus.report, history)
             save_training_state(folder, optimizer, scheduler, {"epoch": epoch + 1, "step": step, "history": history,
@@ -239,8 +242,10 @@ def fit_pretrain_local(cfg: PretrainConfig, out: str | Path) -> Path:
 
 def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     from kosent.config import from_dict
+    from kosent.logs import setup as setup_logging
     from kosent.ray_train import RaySession
 
+    setup_logging()  # kosent's format and level ($KOSENT_LOG_LEVEL) in this worker process
     cfg = from_dict(PretrainConfig, config["cfg"])
     corpus = Corpus(texts=config["texts"], holdout=config["holdout"], report=config["report"])
     if cfg.threads is None:
@@ -278,9 +283,9 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     check_storage(cfg.storage_path)
     check_resources(cfg)
     corpus = unlabelled_corpus(cfg)
-    log(f"corpus: {corpus.report['used']:,} texts of {corpus.report['available']:,} available "
-        f"({corpus.report['excluded_validation_and_test']:,} validation/test texts excluded, overlap "
-        f"{corpus.report['overlap_with_validation_and_test']}), {corpus.report['holdout']:,} held out")
+    log.info(f"corpus: {corpus.report['used']:,} texts of {corpus.report['available']:,} available "
+             f"({corpus.report['excluded_validation_and_test']:,} validation/test texts excluded, overlap "
+             f"{corpus.report['overlap_with_validation_and_test']}), {corpus.report['holdout']:,} held out")
     resources = worker_resources(cfg)
     trainer = TorchTrainer(
         pretrain_loop_per_worker,
@@ -304,7 +309,7 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns("training_state"))
     history = json.loads((dest / META_FILE).read_text(encoding="utf-8"))["history"]
     losses = ", ".join(f"{h['val_mlm_loss']:.4f}" for h in history)
-    log(f"pretrained model folder: {dest} (val_mlm_loss per epoch: {losses})")
+    log.info(f"pretrained model folder: {dest} (val_mlm_loss per epoch: {losses})")
     return dest
 
 

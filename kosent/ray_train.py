@@ -25,9 +25,9 @@ schedule its workers fails instead of waiting forever.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
@@ -40,24 +40,27 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # lets dill's captured disassembly (datasets fingerprinting) leak into the logs. Propagated to the workers.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
-import pyarrow.fs  # noqa: E402
-import ray  # noqa: E402
-import ray.train  # noqa: E402
-import ray.train.torch  # noqa: E402
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # noqa: E402
-from ray.train.torch import TorchTrainer  # noqa: E402
+import pyarrow.fs
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
-from kosent import distill  # noqa: E402
-from kosent.checkpoint import META_FILE, STATE_DIR, read_meta  # noqa: E402
-from kosent.config import TrainConfig, cache_home, from_dict, to_dict  # noqa: E402
-from kosent.data import DataReport, Splits, make_splits  # noqa: E402
-from kosent.logs import QUIET_LIBRARY_ENV  # noqa: E402
-from kosent.train import Session, log, seed_everything, train_loop  # noqa: E402
+from kosent import distill
+from kosent.checkpoint import META_FILE, STATE_DIR, read_meta
+from kosent.config import TrainConfig, cache_home, from_dict, to_dict, with_absolute_paths
+from kosent.data import DataReport, Splits, make_splits
+from kosent.logs import LEVEL_ENV, QUIET_LIBRARY_ENV
+from kosent.logs import setup as setup_logging
+from kosent.metrics import BEST_METRIC, BEST_MODE
+from kosent.train import Session, seed_everything, train_loop
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # written by Ray Train V2 in the run folder
-SCORE = "val_macro_f1"
 COMMIT_TIMEOUT_S = 300.0  # how long rank 0 waits for the controller to register a reported checkpoint
 CONTROLLER_FAILURE_LIMIT = 2  # worker-group start-up failures (60 s timeout each) before giving up
 
@@ -158,7 +161,7 @@ class RaySession(Session):
                     consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED, timeout_s=COMMIT_TIMEOUT_S
                 )
             except Exception as e:  # noqa: BLE001  (training goes on; only the guarantee is weaker)
-                log(f"warning: could not confirm that checkpoint epoch_{epoch} was committed: {e}")
+                log.warning(f"warning: could not confirm that checkpoint epoch_{epoch} was committed: {e}")
         seed_everything(_epoch_seed(self.seed, epoch))
 
     def cleanup(self) -> None:
@@ -200,40 +203,17 @@ def _splits_from_payload(payload: dict[str, Any]) -> Splits:
     )
 
 
-def _fault_hook(fault: dict[str, Any] | None, rank: int) -> Any:
-    """Fault injection for tests: at global step ``fault["step"]`` rank ``fault["rank"]`` kills itself
-    (SIGKILL, like an OOM kill) or raises, once: the marker file ``fault["marker"]`` records that it fired."""
-    if not fault or rank != int(fault.get("rank", 0)):
-        return None
-
-    def on_step(step: int, loss: float) -> None:
-        if step != int(fault["step"]):
-            return
-        try:
-            os.close(os.open(fault["marker"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return  # already fired once (this is the restarted worker)
-        log(f"fault injection: rank {rank} {fault.get('kind', 'kill')} at step {step}")
-        if fault.get("kind", "kill") == "raise":
-            raise RuntimeError(f"injected fault at step {step}")
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    return on_step
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs: rebuild the config and the splits from plain data, then the loop."""
+    setup_logging()  # kosent's format and level ($KOSENT_LOG_LEVEL, from _worker_env) in this worker process
     cfg = from_dict(TrainConfig, config["train_config"])
     splits = _splits_from_payload(config["splits"])
     if cfg.threads is None:
         # Ray sets OMP_NUM_THREADS to the worker's CPU count; torch may have read it before, so set it.
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cfg.cpus_per_worker or 1)))
     session = RaySession(seed=cfg.seed)
-    fault = config.get("fault")
     try:
-        train_loop(cfg, splits, session, on_step=_fault_hook(fault, session.rank))
-        if fault and session.rank == 0:  # tests: which checkpoint the finishing workers started from
-            Path(f"{fault['marker']}.restored").write_text(json.dumps({"restored_epoch": session.restored_epoch}))
+        train_loop(cfg, splits, session)
     finally:
         session.cleanup()
 
@@ -267,25 +247,14 @@ def run_dir_of(cfg: TrainConfig) -> str:
     return str(Path(cfg.storage_path) / str(cfg.name))
 
 
-def _absolute_if_local(location: str | None) -> str | None:
-    """An existing local folder as an absolute path (workers may not share the driver's working directory)."""
-    if location is None or _is_uri(location) or not Path(location).expanduser().exists():
-        return location
-    return str(Path(location).expanduser().resolve())
-
-
 def _with_run_location(cfg: TrainConfig) -> TrainConfig:
-    """A copy with an absolute storage path (Ray needs one), a name (unique when none was given), and
-    absolute paths for a local model folder and teacher checkpoint."""
+    """A copy with an absolute storage path (Ray needs one), a name (unique when none was given), and every
+    local path absolute (``kosent.config.with_absolute_paths``)."""
     import dataclasses
 
-    from kosent.models import ALIASES
-
     storage = cfg.storage_path if _is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
-    name = cfg.name or f"kosent-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    model = cfg.model if cfg.model in ALIASES else _absolute_if_local(cfg.model)  # an alias is never a path
-    return dataclasses.replace(cfg, storage_path=storage, name=name, model=model,
-                               teacher=_absolute_if_local(cfg.teacher))
+    name = cfg.name or f"kosent-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    return dataclasses.replace(with_absolute_paths(cfg), storage_path=storage, name=name)
 
 
 def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -307,7 +276,7 @@ def check_storage(storage_path: str) -> None:
             if f.read() != b"ok":
                 raise OSError("probe file read back differently")
         fs.delete_file(probe)
-    except Exception as e:  # noqa: BLE001  (pyarrow raises OSError, ValueError, ArrowException ...)
+    except Exception as e:
         raise TrainSetupError(
             f"storage_path '{storage_path}' is not writable: {type(e).__name__}: {e}. "
             "Pass --storage-path with a folder this machine can write (every node, for multi-node runs) "
@@ -437,7 +406,7 @@ def check_run_folder(cfg: TrainConfig, fingerprint: str) -> str | None:
         raise TrainSetupError(f"--resume: no run '{cfg.name}' at {run_dir} to resume (check --name and --storage-path)")
     latest = _latest_snapshot_entry(run_dir)
     if latest is None:
-        log(f"--resume: run {run_dir} has no checkpoint yet; starting it from scratch")
+        log.info(f"--resume: run {run_dir} has no checkpoint yet; starting it from scratch")
         return None
     ckpt = run_dir.rstrip("/") + "/" + latest["checkpoint_dir_name"]
     meta_text = _read_text(ckpt + "/" + META_FILE)
@@ -452,14 +421,14 @@ def check_run_folder(cfg: TrainConfig, fingerprint: str) -> str | None:
             f"--resume: run '{cfg.name}' was trained on other data (fingerprint "
             f"{str(meta.get('data_fingerprint'))[:12]} != {fingerprint[:12]}); use the same data flags"
         )
-    log(f"resuming run '{cfg.name}' from {ckpt} (epoch {int(latest['metrics'].get('epoch', 0))})")
+    log.info(f"resuming run '{cfg.name}' from {ckpt} (epoch {int(latest['metrics'].get('epoch', 0))})")
     return ckpt
 
 
 def _worker_env(cfg: TrainConfig) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
            **QUIET_LIBRARY_ENV}
-    for name in ("KOSENT_HOME", "HF_HUB_OFFLINE", "HF_HOME"):
+    for name in ("KOSENT_HOME", "HF_HUB_OFFLINE", "HF_HOME", LEVEL_ENV):
         if os.environ.get(name):
             env[name] = os.environ[name]
     try:
@@ -475,19 +444,12 @@ def build_trainer(
     cfg: TrainConfig,
     splits: Splits,
     callbacks: list | None = None,
-    *,
-    fault: dict[str, Any] | None = None,
 ) -> TorchTrainer:
-    """The TorchTrainer for ``cfg``; runs at ``<storage_path>/<name>`` (see the module docstring on resume).
-
-    ``fault`` is for tests only: ``{"step": N, "marker": path, "rank": r, "kind": "kill"|"raise"}``.
-    """
+    """The TorchTrainer for ``cfg``; runs at ``<storage_path>/<name>`` (see the module docstring on resume)."""
     cfg = _with_run_location(cfg)
     resources = worker_resources(cfg)
     splits = distill.with_unlabelled(cfg, splits)  # a teacher scores them in each worker, on its device
     config: dict[str, Any] = {"train_config": to_dict(cfg), "splits": _splits_payload(splits)}
-    if fault:
-        config["fault"] = dict(fault)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -499,8 +461,8 @@ def build_trainer(
             storage_path=cfg.storage_path,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.keep_checkpoints,
-                checkpoint_score_attribute=SCORE,
-                checkpoint_score_order="max",
+                checkpoint_score_attribute=BEST_METRIC,
+                checkpoint_score_order=BEST_MODE,
             ),
             failure_config=FailureConfig(
                 max_failures=cfg.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT
@@ -538,7 +500,6 @@ def fit(
     *,
     callbacks: list | None = None,
     address: str | None = None,
-    fault: dict[str, Any] | None = None,
 ) -> TrainRunResult:
     """Train with Ray Train and return the best checkpoint by ``val_macro_f1``.
 
@@ -557,9 +518,9 @@ def fit(
     connect(address)
     check_resources(cfg)
     run_dir = run_dir_of(cfg)
-    log(f"run '{cfg.name}' at {run_dir}: model {described}, {cfg.num_workers} worker(s) x "
-        f"{cfg.cpus_per_worker:g} CPU{f' + {cfg.gpus_per_worker:g} GPU' if cfg.use_gpu else ''}")
-    trainer = build_trainer(cfg, splits, callbacks, fault=fault)
+    log.info(f"run '{cfg.name}' at {run_dir}: model {described}, {cfg.num_workers} worker(s) x "
+             f"{cfg.cpus_per_worker:g} CPU{f' + {cfg.gpus_per_worker:g} GPU' if cfg.use_gpu else ''}")
+    trainer = build_trainer(cfg, splits, callbacks)
     try:
         result = trainer.fit()
     except Exception as e:
@@ -571,7 +532,7 @@ def fit(
     if not candidates:
         raise TrainRunError(f"run '{cfg.name}' finished without reporting a checkpoint ({run_dir})")
     # Highest val_macro_f1; among ties the earliest epoch (as the in-process loop picks).
-    best_ckpt, _ = max(candidates, key=lambda cm: (cm[1].get(SCORE, -1.0), -cm[1].get("epoch", 0)))
+    best_ckpt, _ = max(candidates, key=lambda cm: (cm[1].get(BEST_METRIC, -1.0), -cm[1].get("epoch", 0)))
     latest = result.checkpoint or best_ckpt
     history = _history(latest)
     local = _local_copy(best_ckpt, str(cfg.name))

@@ -139,7 +139,7 @@ def kosent_version() -> str:
         from importlib.metadata import version
 
         return version("kosent")
-    except Exception:  # noqa: BLE001  (running from a checkout that is not installed)
+    except Exception:  # noqa: BLE001 - running from a checkout that is not installed
         return "unknown"
 
 
@@ -303,7 +303,7 @@ def start_run(
         if parent is not None:
             all_tags["mlflow.parentRunId"] = parent.run_id
         created = client.create_run(experiment_id, run_name=name, tags=all_tags, start_time=start_time_ms)
-    except Exception as e:  # noqa: BLE001  (MlflowException, requests' ConnectionError, OSError ...)
+    except Exception as e:  # MlflowException, requests' ConnectionError, OSError ...
         raise TrackingError(f"tracking store {uri} not usable: {type(e).__name__}: {e} "
                             "(start the server, fix --tracking / $MLFLOW_TRACKING_URI, or pass --tracking off)") from e
     run = Run(client=client, run_id=created.info.run_id, experiment_id=experiment_id, uri=uri,
@@ -339,7 +339,7 @@ def safely(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Call a logging step whose failure must not cost the run's files on disk: log the error and go on."""
     try:
         return fn(*args, **kwargs)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("tracking: could not %s", what)
         return None
 
@@ -353,7 +353,7 @@ _OUTCOME_STATUS = {"completed": "FINISHED", "early_stopped": "KILLED", "failed":
 
 
 def track_trials(parent: Run, rows: Iterable[Any], trial_config: Any) -> dict[str, Run]:
-    """A run nested in ``parent`` per trial row (``kosent.tune.TrialRow``): params are the trial's TrainConfig
+    """A run nested in ``parent`` per trial row (``kosent.sweep.TrialRow``): params are the trial's TrainConfig
     (``trial_config(row)``, a dict), metrics its epoch history, its outcome and error as tags. Returns trial
     id -> run; :func:`finish_sweep` ends them once the best one has its test metrics and manifest."""
     runs: dict[str, Run] = {}
@@ -366,7 +366,7 @@ def track_trials(parent: Run, rows: Iterable[Any], trial_config: Any) -> dict[st
             start_ms = end_ms - int(last["time_total_s"] * 1000)
         run = start_run(None, "", kind="trial", name=f"{row.trial_id} lr={row.lr:.3g} scale={row.scale}",
                         params=config_params(trial_config(row)), parent=parent, start_time_ms=start_ms,
-                        fingerprint=trial_fingerprint(row.path),
+                        fingerprint=trial_fingerprint(row.run_dir),
                         tags={"kosent.trial_id": row.trial_id, "kosent.outcome": row.outcome,
                               "kosent.trial_path": row.path, "kosent.checkpoint": row.checkpoint,
                               "kosent.best_epoch": row.best_epoch})
@@ -413,12 +413,10 @@ def finish_sweep(
         parent.end("KILLED", error="interrupted: unfinished trials (resume the sweep)")
 
 
-def trial_fingerprint(trial_path: str | Path) -> str | None:
-    """The data fingerprint a trial recorded in its ``kosent_trial.json`` (local trial folders only)."""
-    path = Path(trial_path) / "kosent_trial.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
+def trial_fingerprint(run_dir: str | Path) -> str | None:
+    """The data fingerprint a trial recorded in its Train run's ``kosent_trial.json`` (local folders only)."""
+    path = Path(run_dir) / "kosent_trial.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("fingerprint") if path.is_file() else None
 
 
 def track_records(parent: Run, records: Iterable[Any]) -> dict[str, Run]:
@@ -490,7 +488,7 @@ def register(
     run_id = lineage["run_id"]
     try:
         run = client.get_run(run_id)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise TrackingError(f"run {run_id} of {manifest} not found at {uri}: {type(e).__name__}: {e}") from e
     checkpoint = str(doc["checkpoint"])
     staging = Path(cache_home()) / "tracking" / f"register-{run_id}-{os.getpid()}"
@@ -507,7 +505,7 @@ def register(
     source = f"{run.info.artifact_uri.rstrip('/')}/{CHECKPOINT_ARTIFACT}"
     try:
         client.get_registered_model(name)
-    except Exception:  # noqa: BLE001  (RESOURCE_DOES_NOT_EXIST: the first version creates it)
+    except Exception:  # noqa: BLE001 - RESOURCE_DOES_NOT_EXIST: the first version creates it
         client.create_registered_model(name, description="kosent sentiment classifier")
     tags = {"checkpoint": checkpoint, "manifest": str(manifest), "data_fingerprint": doc.get("data_fingerprint")}
     tags |= {k: v for k, v in (doc.get("test_metrics") or {}).items() if k in ("test_accuracy", "test_macro_f1")}
@@ -547,7 +545,7 @@ def model_version(uri: str, tracking: str | None = None) -> Any:
         if m.group("alias"):
             return client.get_model_version_by_alias(m.group("name"), m.group("alias"))
         return client.get_model_version(m.group("name"), m.group("version"))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise TrackingError(f"{uri}: not found in the registry at {registry_uri(tracking)}: "
                             f"{type(e).__name__}: {e}") from e
 

@@ -7,12 +7,12 @@ checkpoint, maybe stop early. ``kosent.ray_train`` supplies the Ray session; ``f
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,17 +27,11 @@ from kosent import batches, distill
 from kosent.checkpoint import load_training_state, read_meta, save_checkpoint, save_training_state, write_meta
 from kosent.config import TrainConfig, to_dict
 from kosent.data import Splits, make_splits
-from kosent.metrics import classification_metrics
+from kosent.metrics import BEST_METRIC, classification_metrics
 from kosent.models import load_model_and_tokenizer
 from kosent.models.tfidf import TfidfClassifier
 
-
-def log(msg: str) -> None:
-    print(f"[kosent {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _quiet(msg: str) -> None:
-    """The log of ranks other than 0."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,9 +62,9 @@ class Session:
             shutil.rmtree(dest)
         shutil.move(str(checkpoint_dir), dest)
         previous_best = self.best.get("path")
-        score = metrics.get("val_macro_f1", float("inf"))  # pretraining has no F1: its latest epoch counts
-        if score > self.best.get("val_macro_f1", -1.0):
-            self.best = {"path": dest, "val_macro_f1": score}
+        score = metrics.get(BEST_METRIC, float("inf"))  # pretraining has no F1: its latest epoch counts
+        if score > self.best.get(BEST_METRIC, -1.0):
+            self.best = {"path": dest, BEST_METRIC: score}
         # Keep only the best and the latest epoch on disk.
         for old in {previous_best, self.last} - {self.best["path"], dest, None}:
             shutil.rmtree(old, ignore_errors=True)
@@ -121,11 +115,14 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimize
     )
 
 
-def _macro_f1(confusion: np.ndarray) -> float:
-    """Macro F1 from a [true, predicted] count matrix (a class with no support nor predictions scores 0)."""
-    tp = np.diag(confusion).astype(float)
-    denom = confusion.sum(axis=0) + confusion.sum(axis=1)
-    return float(np.mean(np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)))
+def _macro_f1(confusion: np.ndarray, label_names: list[str]) -> float:
+    """Macro F1 of a [true, predicted] count matrix, by :func:`kosent.metrics.classification_metrics` (the
+    definition every ``*_macro_f1`` uses: a class with no support nor predictions scores 0)."""
+    k = len(label_names)
+    if not confusion.sum():
+        return 0.0
+    true, pred = np.divmod(np.repeat(np.arange(k * k), confusion.ravel()), k)  # the examples behind the counts
+    return classification_metrics(true, np.eye(k)[pred], label_names)["macro_f1"]
 
 
 def _autocast(device: torch.device) -> Any:
@@ -186,11 +183,10 @@ def train_loop(
     cfg: TrainConfig,
     splits: Splits,
     session: Session,
-    on_step: Callable[[int, float], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``cfg.model`` on ``splits.train``, reporting metrics and a checkpoint every epoch.
 
-    Returns the per-epoch history. ``on_step(step, loss)`` is a hook for tests and fault injection.
+    Returns the per-epoch history.
     """
     seed_everything(cfg.seed)
     if cfg.threads:
@@ -199,7 +195,7 @@ def train_loop(
     model, tokenizer = load_model_and_tokenizer(cfg.model, label_names, cfg.pooling)
     pad_id = tokenizer.pad_token_id
     val = splits.validation.to_dict()  # column access is row by row
-    train_enc = distill.training_set(cfg, splits, tokenizer, session.device, log if session.rank == 0 else _quiet)
+    train_enc = distill.training_set(cfg, splits, tokenizer, session.device, quiet=session.rank != 0)
     val_enc = batches.encode(tokenizer, val["text"], val["label"], cfg.max_length)
 
     steps_per_epoch = batches.num_batches(len(train_enc), cfg.batch_size, session.world_size)
@@ -219,12 +215,12 @@ def train_loop(
         start_epoch, step, history = progress["epoch"], progress["step"], progress["history"]
         best, bad_epochs = progress["best"], progress["bad_epochs"]
         if session.rank == 0:
-            log(f"resumed from {restore} after epoch {start_epoch} (step {step})")
+            log.info(f"resumed from {restore} after epoch {start_epoch} (step {step})")
     wrapped = session.prepare_model(model)
 
     if session.rank == 0:
         params = sum(p.numel() for p in model.parameters())
-        log(
+        log.info(
             f"training {cfg.model} ({params / 1e6:.1f}M parameters) on {len(train_enc)} texts x {cfg.epochs} "
             f"epochs, {session.world_size} worker(s), {steps_per_epoch} steps/epoch/worker, device {session.device}"
         )
@@ -262,13 +258,11 @@ def train_loop(
             now = time.perf_counter()
             step_times.append(now - t_step)
             t_step = now
-            if on_step is not None:
-                on_step(step, loss.item())
             if session.rank == 0 and (i + 1) % report_every == 0:
                 rate = seen / (time.perf_counter() - t0)
                 eta = (steps_per_epoch - i - 1) * cfg.batch_size / max(rate, 1e-9)
-                log(f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss_sum / seen:.4f} "
-                    f"{rate * session.world_size:.1f} samples/s, epoch eta {eta:.0f}s")
+                log.info(f"epoch {epoch + 1} step {i + 1}/{steps_per_epoch} loss {loss_sum / seen:.4f} "
+                         f"{rate * session.world_size:.1f} samples/s, epoch eta {eta:.0f}s")
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         train_seconds = time.perf_counter() - t0
@@ -279,20 +273,20 @@ def train_loop(
             "step": step,
             "train_loss": sum(t[1] for t in totals) / max(1, seen_all),
             "train_accuracy": sum(t[2] for t in totals) / max(1, seen_all),
-            "train_macro_f1": _macro_f1(sum(t[3] for t in totals)),
+            "train_macro_f1": _macro_f1(sum(t[3] for t in totals), label_names),
             "samples_per_second": seen_all / max(train_seconds, 1e-9),
             "epoch_seconds": train_seconds,
             "median_step_seconds": float(np.median(step_times[2:] or step_times or [0.0])),
         }
         metrics.update(evaluate_encoded(model, val_enc, label_names, cfg, pad_id, session))
-        improved = metrics["val_macro_f1"] > best
-        best, bad_epochs = (metrics["val_macro_f1"], 0) if improved else (best, bad_epochs + 1)
+        improved = metrics[BEST_METRIC] > best
+        best, bad_epochs = (metrics[BEST_METRIC], 0) if improved else (best, bad_epochs + 1)
         stop = bad_epochs >= cfg.patience or (cfg.max_steps is not None and step >= cfg.max_steps)
         history.append(metrics)
 
         ckpt_dir = None
         if session.rank == 0:
-            log(
+            log.info(
                 f"epoch {epoch + 1}/{cfg.epochs} train_loss {metrics['train_loss']:.4f} "
                 f"val_loss {metrics['val_loss']:.4f} val_accuracy {metrics['val_accuracy']:.4f} "
                 f"val_macro_f1 {metrics['val_macro_f1']:.4f} {metrics['samples_per_second']:.1f} samples/s "
@@ -310,7 +304,7 @@ def train_loop(
         session.report(metrics, ckpt_dir)
         if stop:
             if session.rank == 0 and epoch + 1 < cfg.epochs:
-                log(f"stopping early after epoch {epoch + 1}")
+                log.info(f"stopping early after epoch {epoch + 1}")
             break
     return history
 
@@ -329,14 +323,14 @@ def fit_tfidf(cfg: TrainConfig, splits: Splits, out: Path) -> TrainResult:
     model.save(folder)
     write_meta(folder, model_type="tfidf", label_names=splits.label_names, metrics=metrics,
                config=to_dict(cfg), data_fingerprint=splits.fingerprint)
-    log(f"tfidf: fit in {seconds:.1f}s, val_accuracy {metrics['val_accuracy']:.4f} val_macro_f1 {metrics['val_macro_f1']:.4f}")
+    log.info(f"tfidf: fit in {seconds:.1f}s, val_accuracy {metrics['val_accuracy']:.4f} val_macro_f1 {metrics['val_macro_f1']:.4f}")
     return TrainResult(checkpoint=folder, metrics=metrics, history=[metrics])
 
 
 def fit_local(cfg: TrainConfig, splits: Splits | None = None, out_dir: str | Path | None = None) -> TrainResult:
     """Train in this process (no cluster): the library works without Ray."""
     splits = splits or make_splits(cfg.data)
-    out = Path(out_dir or Path(cfg.storage_path) / (cfg.name or f"local-{time.strftime('%Y%m%d-%H%M%S')}"))
+    out = Path(out_dir or Path(cfg.storage_path) / (cfg.name or f"local-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"))
     out.mkdir(parents=True, exist_ok=True)
     if cfg.model == "tfidf":
         return fit_tfidf(cfg, splits, out)

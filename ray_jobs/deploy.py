@@ -10,8 +10,8 @@ On this machine alone (starts a local cluster on 127.0.0.1 and serves until Ctrl
 
     python ray_jobs/deploy.py --manifest runs/sweeps/nsmc-sweep/manifest.json
 
-Any kosent.serve.ServeArgs field is a flag too (``--max-replicas 2``, ``--auth-token-env VAR``,
-``--model tiny=runs/tiny/manifest.json`` for multiplexing).
+Every kosent.serve.ServeArgs field is a flag (``--max-replicas 2``, ``--auth-token-env VAR``,
+``--models tiny=runs/tiny/manifest.json`` for more models behind the endpoint).
 
 Before deploying it checks that the replicas fit the cluster's free CPUs. A redeploy over a running app
 starts its new replicas beside the old ones (``max_surge_percent``); when they cannot fit it stops at once
@@ -29,7 +29,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ray_jobs/, also when loaded by path
-import _env  # noqa: E402, F401  (first: loopback cluster, no usage stats, kosent importable; see _env.py)
+import _env  # first: loopback cluster, no usage stats, kosent importable (see _env.py)
 
 # isort: split
 
@@ -37,15 +37,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if _env.JOINS_CLUSTER:
     os.environ.setdefault("KOSENT_JOIN_CLUSTER", "1")  # kosent.serve then leaves the node address alone
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+import urllib.error
+import urllib.request
 
-SKIP = {"manifest", "checkpoint", "models", "autoscaling"}  # flags with their own spelling below
 DEPLOYMENT = "KosentServer"
 #: Serve's words for a replica that waits for resources the cluster does not have free.
 UNSCHEDULABLE = ("cannot be scheduled", "could not be scheduled", "insufficient resources", "resources required",
@@ -54,28 +54,22 @@ log = logging.getLogger("kosent.deploy")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kosent.config import add_config_args, reject_renamed
     from kosent.serve import ServeArgs
 
     parser = argparse.ArgumentParser(
         prog="ray_jobs/deploy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    src = parser.add_mutually_exclusive_group()
-    src.add_argument("--manifest", help="manifest.json (or its folder) naming the checkpoint to serve")
-    src.add_argument("--checkpoint", help="a checkpoint folder to serve directly, or a registered model version "
-                     "(models:/NAME/VERSION or models:/NAME@ALIAS, looked up in --tracking)")
-    parser.add_argument("--model", action="append", default=[], metavar="NAME=PATH",
-                        help="another model behind the endpoint (manifest or checkpoint); repeatable")
-    parser.add_argument("--autoscaling", help="extra autoscaling_config keys as JSON")
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                         help="Ray cluster to join (default: $RAY_ADDRESS; none: start a local one on 127.0.0.1 "
                              "and serve until Ctrl+C)")
     parser.add_argument("--host", default="127.0.0.1", help="proxy host (default 127.0.0.1: loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="proxy port (default 8000)")
     parser.add_argument("--http-timeout-s", type=float, default=60.0,
-                        help="proxy end-to-end request timeout (408), set when Serve starts")
-    parser.add_argument("--name", default="kosent", help="application name")
-    parser.add_argument("--route-prefix", default="/", help="URL prefix of the application")
-    parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for /healthz")
+                        help="proxy end-to-end request timeout (408), set when Serve starts (default 60)")
+    parser.add_argument("--name", default="kosent", help="the Serve application's name (default kosent)")
+    parser.add_argument("--route-prefix", default="/", help="URL prefix of the application (default /)")
+    parser.add_argument("--wait-s", type=float, default=300.0, help="how long to wait for /healthz (default 300)")
     parser.add_argument("--replace", action="store_true",
                         help="redeploy in place (max_surge_percent 0): old replicas stop before new ones start, so "
                              "requests wait (or get 503) for a replica's start-up time; for clusters without room "
@@ -84,40 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="give up when a replica stays unschedulable this long (Serve's reason is printed)")
     parser.add_argument("--block", action="store_true",
                         help="keep running after deploying (always so when this script started the cluster)")
-    for name, info in ServeArgs.model_fields.items():
-        if name in SKIP:
-            continue
-        flag = "--" + name.replace("_", "-")
-        kind = {int: int, float: float}.get(info.annotation, None)
-        parser.add_argument(flag, dest=name, type=kind or str, default=None,
-                            help=f"{info.description or name} (default: {info.default})")
+    add_config_args(parser, ServeArgs)
+    reject_renamed(parser, {"--model": "--models NAME=PATH"})  # --model is an encoder in train and tune
+    _env.add_verbosity_flags(parser)
     return parser
 
 
 def serve_args(ns: argparse.Namespace) -> dict:
+    """The ServeArgs fields given on the command line (``--replace``: ``max_surge_percent`` 0)."""
     from kosent.serve import ServeArgs
 
-    args = {k: getattr(ns, k) for k in ServeArgs.model_fields if k not in SKIP and getattr(ns, k) is not None}
-    if ns.manifest:
-        args["manifest"] = ns.manifest
-    if ns.checkpoint:
-        args["checkpoint"] = ns.checkpoint
-    if ns.model:
-        models = {}
-        for item in ns.model:
-            name, sep, path = item.partition("=")
-            if not sep:
-                raise ValueError(f"--model {item!r}: expected NAME=PATH")
-            models[name] = path
-        args["models"] = models
-    if ns.autoscaling:
-        args["autoscaling"] = json.loads(ns.autoscaling)
+    given = vars(ns)
+    args = {f.name: given[f.name] for f in dataclasses.fields(ServeArgs) if f.name in given}
     if ns.replace:
         args["max_surge_percent"] = 0
     return args
 
 
-def room_problem(args, free_cpus: float, running: int, app: str) -> str | None:  # noqa: ANN001 - ServeArgs
+def room_problem(args, free_cpus: float, running: int, app: str) -> str | None:
     """Why the replicas this deploy starts cannot fit ``free_cpus`` (None when they can). ``running`` is the
     number of replicas the app has now: a redeploy starts ``max_surge_percent`` of them beside the old ones."""
     if running:
@@ -188,7 +166,7 @@ def wait_healthy(url: str, timeout_s: float) -> dict:
     deadline, last = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - our own loopback URL
+            with urllib.request.urlopen(url, timeout=10) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as e:
             last = f"HTTP {e.code}"
@@ -199,9 +177,7 @@ def wait_healthy(url: str, timeout_s: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    ns = _env.parse_args(build_parser(), argv)
     from pydantic import ValidationError
 
     from kosent.serve import ServeArgs, build

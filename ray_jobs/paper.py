@@ -5,7 +5,7 @@ on 2 busy cores; it wrote the current docs/RESULTS.md):
 
     python ray_jobs/paper.py --train-size 1000 --val-size 200 --test-size 1000 --epochs 1 --kmhas-epochs 1 \\
         --batch-size 32 --max-length 64 --models tfidf rnn birnn e5-small-ko --scale-models tfidf rnn \\
-        --scales 1 2 3 --kmhas-models tfidf e5-small-ko --lr e5-small-ko=1e-4 --max-points 1000 --name paper-reduced
+        --scales 1 2 3 --kmhas-models tfidf e5-small-ko --lrs e5-small-ko=1e-4 --max-points 1000 --name paper-reduced
 
 Against a running cluster, the full version (the defaults are the paper's setting; use GPUs):
 
@@ -29,98 +29,55 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ray_jobs/, also when loaded by path
-import _env  # noqa: E402, F401  (first: loopback cluster, no usage stats, kosent importable; see _env.py)
+import _env  # first: loopback cluster, no usage stats, kosent importable (see _env.py)
 
 # isort: split
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import shlex  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-def _lr(value: str) -> tuple[str, float]:
-    model, sep, lr = value.rpartition("=")
-    try:
-        if not sep or not model:
-            raise ValueError
-        return model, float(lr)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MODEL=LR such as rnn=2e-3, got {value!r}") from None
+import argparse
+import dataclasses
+import shlex
+import time
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kosent.paper import EXPERIMENTS, PaperConfig
+    from kosent.config import add_config_args, reject_renamed
+    from kosent.paper import PaperConfig
 
-    d = PaperConfig()
     p = argparse.ArgumentParser(prog="ray_jobs/paper.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray cluster to join (default: $RAY_ADDRESS; none: start a local cluster on 127.0.0.1)")
-    p.add_argument("--experiments", nargs="+", choices=EXPERIMENTS, default=d.experiments)
-    p.add_argument("--models", nargs="+", default=d.models, help=f"baselines on NSMC (default: {' '.join(d.models)})")
-    p.add_argument("--scale-models", nargs="+", default=d.scale_models, help="models of the scale experiment")
-    p.add_argument("--kmhas-models", nargs="+", default=d.kmhas_models, help="models of the K-MHaS experiment")
-    p.add_argument("--scales", nargs="+", type=int, default=d.scales, help="multiples of --train-size (default 1-5)")
-    for name in ("train_size", "val_size", "test_size", "split_seed", "seed", "epochs", "kmhas_epochs", "batch_size",
-                 "max_length", "num_workers", "max_points"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name), help=f"default: {getattr(d, name)}")
-    p.add_argument("--max-steps", type=int, default=None, help="at most this many optimizer steps per neural run")
-    p.add_argument("--kmhas-negative-fraction", type=float, default=d.kmhas_negative_fraction,
-                   help=f"share of hate texts after resampling (default {d.kmhas_negative_fraction})")
-    p.add_argument("--lr", nargs="+", type=_lr, default=[], metavar="MODEL=LR",
-                   help="learning rate per model (defaults: e5 5e-5, rnn/birnn 2e-3, tiny 3e-3)")
-    p.add_argument("--cpus-per-worker", type=float, default=d.cpus_per_worker)
-    p.add_argument("--use-gpu", action="store_true", help="a GPU (or --gpus-per-worker of one) per Ray Train worker")
-    p.add_argument("--gpus-per-worker", type=float, default=d.gpus_per_worker,
-                   help="GPU share per worker with --use-gpu: 0.25 runs four jobs' workers on one GPU at once "
-                        f"(default {d.gpus_per_worker:g})")
-    p.add_argument("--embeddings", nargs="*", default=None, metavar="MODEL",
-                   help="models whose NSMC test embeddings get PCA / t-SNE views (default: the transformer models)")
-    p.add_argument("--storage-path", default=d.storage_path, help=f"run folders go to <this>/<name> (default {d.storage_path})")
-    p.add_argument("--name", default=None, help="run name (default: paper-<time>)")
     p.add_argument("--results-md", default="docs/RESULTS.md", help="the results document (default docs/RESULTS.md)")
     p.add_argument("--figures-dir", default=None, help="its figures (default: <results-md folder>/paper)")
-    p.add_argument("--tracking", default=None,
-                   help="MLflow tracking URI, or 'off' (default: $MLFLOW_TRACKING_URI, else <storage-path>/mlruns)")
+    add_config_args(p, PaperConfig)
+    reject_renamed(p, {"--lr": "--lrs MODEL=LR"})
+    _env.add_verbosity_flags(p)
     return p
-
-
-def _in_submitted_job() -> bool:
-    """True when `ray job submit` started this process (its working dir is a temporary copy)."""
-    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
-
-
-def _keep(path: str, what: str, fallback: Path) -> str:
-    """A relative path inside a submitted job would land in the job's temporary working-dir copy and vanish."""
-    if Path(path).expanduser().is_absolute() or not _in_submitted_job():
-        return path
-    print(f"[paper] relative {what} '{path}' inside a submitted job: using {fallback} (pass an absolute path)", flush=True)
-    return str(fallback)
 
 
 def main(argv: list[str] | None = None) -> int:
     from kosent import tracking
-    from kosent.config import cache_home
+    from kosent.config import cache_home, config_from_args
     from kosent.data import DataError
     from kosent.models import ModelError
     from kosent.paper import PaperConfig, PaperError, run_paper
     from kosent.paper_report import write_results
     from kosent.ray_train import TrainSetupError, connect
 
-    args = build_parser().parse_args(argv)
+    args = _env.parse_args(build_parser(), argv)
     command = "python ray_jobs/paper.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    name = args.name or f"paper-{time.strftime('%Y%m%d-%H%M%S')}"
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PaperConfig) if hasattr(args, f.name)}
-    values.update(lrs=dict(args.lr), name=name,
-                  storage_path=_keep(args.storage_path, "--storage-path", cache_home() / "runs" / "paper"))
-    results_md = _keep(args.results_md, "--results-md", cache_home() / "paper" / name / "RESULTS.md")
-    figures_dir = _keep(args.figures_dir, "--figures-dir", Path(results_md).parent / "paper") if args.figures_dir else None
+    name = getattr(args, "name", None) or f"paper-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    values = dataclasses.asdict(config_from_args(args, PaperConfig, yaml_path=""))
+    storage = _env.durable_path(values["storage_path"], "--storage-path", cache_home() / "runs" / "paper")
+    values.update(name=name, storage_path=storage)
+    results_md = _env.durable_path(args.results_md, "--results-md", cache_home() / "paper" / name / "RESULTS.md")
+    figures_dir = (_env.durable_path(args.figures_dir, "--figures-dir", Path(results_md).parent / "paper")
+                   if args.figures_dir else None)
     try:
         # Tracking: one store for the whole job (the scale sweeps log there too), a parent run for the job and
         # a run per trained model nested in it (kosent.tracking.track_records).
-        uri = tracking.tracking_uri(args.tracking, values["storage_path"])
+        uri = tracking.tracking_uri(values["tracking"], values["storage_path"])
         values["tracking"] = uri or tracking.OFF
         pcfg = PaperConfig(**values)
         pcfg.validate()
@@ -138,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             tracking.safely("log the paper's runs", tracking.track_records, run, result.records)
             tracking.safely("log the results document", run.log_artifact, md)
             tracking.safely("log the figures", run.log_artifact, figs["results_json"].parent, "figures")
-    print(f"[paper] wrote {md} and {len(figs)} figure file(s) in {figs['results_json'].parent}", flush=True)
-    print(f"[paper] {len(result.records)} run(s), {len(result.failed)} failed, {result.seconds:.0f}s in all", flush=True)
+    _env.log.info(f"wrote {md} and {len(figs)} figure file(s) in {figs['results_json'].parent}")
+    _env.log.info(f"{len(result.records)} run(s), {len(result.failed)} failed, {result.seconds:.0f}s in all")
     for r in result.failed:
-        print(f"[paper] failed: {r.key}: {r.error}", file=sys.stderr)
+        _env.log.error(f"failed: {r.key}: {r.error}")
     return 1 if result.failed else 0
 
 

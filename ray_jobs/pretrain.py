@@ -17,17 +17,16 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ray_jobs/, also when loaded by path
-import _env  # noqa: E402, F401  (first: loopback cluster, no usage stats, kosent importable; see _env.py)
+import _env  # first: loopback cluster, no usage stats, kosent importable (see _env.py)
 
 # isort: split
 
-import argparse  # noqa: E402
-import json  # noqa: E402
+import argparse
+import json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kosent.cli import add_config_args
-    from kosent.config import DataConfig, PretrainConfig
+    from kosent.config import PretrainConfig, add_config_args
 
     parser = argparse.ArgumentParser(prog="ray_jobs/pretrain.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,19 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="Ray cluster to join (default: $RAY_ADDRESS; none: start a local cluster on 127.0.0.1)")
     parser.add_argument("--out", help="the model folder to write (default: <storage_path>/<name>/model)")
     add_config_args(parser, PretrainConfig)
-    add_config_args(parser, DataConfig)
+    _env.add_verbosity_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from kosent import tracking
-    from kosent.cli import config_from_args
-    from kosent.config import PretrainConfig
+    from kosent.config import PretrainConfig, config_from_args
     from kosent.data import DataError
     from kosent.models import ModelError
     from kosent.ray_train import TrainSetupError, connect
 
-    args = build_parser().parse_args(argv)
+    args = _env.parse_args(build_parser(), argv)
     try:
         cfg = config_from_args(args, PretrainConfig)
         connect(args.address)

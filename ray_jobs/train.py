@@ -20,21 +20,20 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # ray_jobs/, also when loaded by path
-import _env  # noqa: E402, F401  (first: loopback cluster, no usage stats, kosent importable; see _env.py)
+import _env  # first: loopback cluster, no usage stats, kosent importable (see _env.py)
 
 # isort: split
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kosent.cli import add_config_args
-    from kosent.config import DataConfig, TrainConfig
+    from kosent.config import TrainConfig, add_config_args
 
     parser = argparse.ArgumentParser(
         prog="ray_jobs/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -46,13 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster to join (default: $RAY_ADDRESS; none: start a local cluster on 127.0.0.1)",
     )
     add_config_args(parser, TrainConfig)
-    add_config_args(parser, DataConfig)
+    _env.add_verbosity_flags(parser)
     return parser
-
-
-def _in_submitted_job() -> bool:
-    """True when `ray job submit` started this process (its working dir is a temporary copy)."""
-    return bool(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
 
 
 def _upload(local_dir: Path, run_dir: str, names: list[str]) -> None:
@@ -66,25 +60,20 @@ def _upload(local_dir: Path, run_dir: str, names: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     from kosent import tracking
     from kosent.checkpoint import CheckpointError
-    from kosent.cli import config_from_args
-    from kosent.config import cache_home
+    from kosent.config import cache_home, config_from_args
     from kosent.data import DataError, make_splits
     from kosent.models import ModelError
     from kosent.ray_train import TrainRunError, TrainSetupError, fit, resolve_model
 
-    args = build_parser().parse_args(argv)
+    args = _env.parse_args(build_parser(), argv)
     try:
         cfg = config_from_args(args)
-        if not cfg.storage_path.startswith(("/", "~")) and "://" not in cfg.storage_path and _in_submitted_job():
-            # A relative path would land in the job's temporary working-dir copy and vanish with it.
-            storage = cache_home() / "runs"
-            print(f"[train] relative --storage-path '{cfg.storage_path}' inside a submitted job: using {storage} "
-                  "(pass an absolute path or a URI to choose)", flush=True)
-            cfg = dataclasses.replace(cfg, storage_path=str(storage))
+        cfg = dataclasses.replace(cfg, storage_path=_env.durable_path(cfg.storage_path, "--storage-path",
+                                                                      cache_home() / "runs"))
         resolve_model(cfg.model)  # a bad model name fails before the data is read (fit checks the rest)
         splits = make_splits(cfg.data)
-        print(splits.report.summary(), flush=True)
-        print(f"[train] splits {splits.sizes()} fingerprint {splits.fingerprint[:16]}", flush=True)
+        _env.log.info(splits.report.summary())
+        _env.log.info(f"splits {splits.sizes()} fingerprint {splits.fingerprint[:16]}")
         # Tracking (kosent.tracking): the run is created before training, so a failed fit is recorded FAILED.
         run = tracking.start_run(cfg.tracking, cfg.storage_path, kind="train", name=cfg.name,
                                  params=tracking.config_params(cfg), fingerprint=splits.fingerprint)

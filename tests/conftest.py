@@ -10,14 +10,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import importlib.util  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import ModuleType  # noqa: E402
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
-import pytest  # noqa: E402
-from needs import missing, require_file  # noqa: E402  (tests/needs.py)
+import pytest
+from needs import missing, require_file  # tests/needs.py
 
-from kosent.config import data_home  # noqa: E402
+from kosent.config import data_home
 
 NSMC = data_home() / "nsmc" / "ratings_train.txt"
 KMHAS_VALID = data_home() / "kmhas" / "kmhas_valid.txt"
@@ -40,6 +40,12 @@ def _job_module(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def job_module():
+    """``job_module("deploy")``: a ``ray_jobs`` script loaded as a module."""
+    return _job_module
 
 
 @pytest.fixture(scope="session")

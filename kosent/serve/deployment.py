@@ -48,7 +48,7 @@ from kosent.serve.parsing import (
     parse_predict_body,
 )
 from kosent.serve.ray_compat import keep_replica_grpc_on_node_ip
-from kosent.serve.settings import ServeArgs, ServingConfig, resolve_models, serving_config
+from kosent.serve.settings import ReplicaSettings, ServeArgs, ServingConfig, resolve_models, serving_config
 
 logger = logging.getLogger("ray.serve")
 
@@ -115,8 +115,8 @@ class KosentServer:
         import torch
 
         keep_replica_grpc_on_node_ip()
-        # ``settings`` is a validated ServeArgs dump without the model sources (those come in user_config).
-        self.args = ServeArgs.model_construct(**(settings or {}))
+        # ``settings``: ServeArgs' replica part (ServeArgs.replica_settings); the models come in user_config.
+        self.args = ReplicaSettings(**(settings or {}))
         self.threads = max(1, int(round(self.args.num_cpus)))
         torch.set_num_threads(self.threads)
         # With num_gpus Ray gives the replica its GPU (CUDA_VISIBLE_DEVICES): every model loads there.
@@ -392,7 +392,7 @@ def build(args: ServeArgs) -> serve.Application:
     if args.ongoing_limit() < args.max_batch_size:
         logger.warning(f"max_ongoing_requests {args.ongoing_limit()} < max_batch_size {args.max_batch_size}: "
                        "single-text batches can never fill")
-    settings = args.model_dump(exclude={"manifest", "checkpoint", "models", "default_model", "tracking"})
+    settings = args.replica_settings()
     return KosentServer.options(
         user_config=serving_config(args),
         max_ongoing_requests=args.ongoing_limit(),

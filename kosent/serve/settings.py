@@ -1,18 +1,22 @@
 """Settings of the Serve application: which models answer (``ModelSet``, hot-swappable ``ServingConfig``) and
 everything else (``ServeArgs``), plus resolving a manifest or checkpoint (local or ``s3://``) to a folder.
 
-No Ray import here: the settings are validated by ``ray_jobs/deploy.py`` and the unit tests before any
+Declared like every kosent config (``kosent.config.config_dataclass``). No Ray import here: the settings are
+validated by ``ray_jobs/deploy.py`` and the unit tests before any
 cluster exists.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from kosent.config import config_dataclass
 
 #: Relative paths in settings are tried as given, then against the checkout (``serve deploy`` runs elsewhere).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,16 +42,16 @@ def _mapping_arg(value: Any) -> Any:
     return out
 
 
-class ModelSet(BaseModel):
+@config_dataclass
+class ModelSet:
     """Which checkpoints answer: ``manifest`` or ``checkpoint`` name the default model, ``models`` maps more
     names to a manifest or checkpoint each (multiplexing); ``default_model`` answers requests naming none."""
-
-    model_config = ConfigDict(extra="forbid")
 
     manifest: str | None = Field(None, description="manifest.json (or its folder) naming the checkpoint")
     checkpoint: str | None = Field(None, description="a checkpoint folder (or a registered model version, "
                                    "models:/<name>/<version> or models:/<name>@<alias>), instead of a manifest")
-    models: dict[str, str] = Field(default_factory=dict, description="name -> manifest, checkpoint or models:/")
+    models: dict[str, str] = Field(default_factory=dict, description="more models behind the endpoint, NAME=PATH "
+                                   "(a manifest, checkpoint or models:/ URI each); requests choose one by name")
     default_model: str | None = Field(None, description="name answering requests that name no model")
     tracking: str | None = Field(None, description="MLflow tracking URI whose registry holds models:/ sources "
                                  "(default: $MLFLOW_TRACKING_URI, else runs/mlruns)")
@@ -89,6 +93,7 @@ class ModelSet(BaseModel):
         return sources, default
 
 
+@config_dataclass
 class ServingConfig(ModelSet):
     """The deployment's ``user_config``: changing it reconfigures running replicas in place (hot swap)."""
 
@@ -97,12 +102,16 @@ class ServingConfig(ModelSet):
     revision: str | int | None = Field(None, description="change it to reload a manifest rewritten in place")
 
 
-class ServeArgs(ModelSet):
-    """Every argument of the application (``app_builder`` args, ``serve/config.yaml`` ``args:``)."""
+@config_dataclass
+class ReplicaSettings:
+    """Everything but the models: how a replica batches, limits, admits and scales. A replica is built with these
+    (changing one restarts the replicas); the models come in ``user_config`` (changing them swaps in place)."""
 
     # dynamic batching
-    max_batch_size: int = Field(16, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    max_batch_size: int = Field(16, ge=1, le=1024, description="most texts in one forward pass (requests are "
+                                "batched together up to it)")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10, description="seconds a batch waits for more texts "
+                                        "before it runs")
     adaptive_batch_wait: bool = Field(True, description="skip the batch wait while a request is alone in the replica")
     # limits
     max_texts: int = Field(64, ge=1, description="most texts in one request (more: 413)")
@@ -121,12 +130,13 @@ class ServeArgs(ModelSet):
     num_cpus: float = Field(1.0, gt=0, description="ray_actor_options num_cpus; torch threads follow it")
     num_gpus: float = Field(0.0, ge=0, le=1, description="ray_actor_options num_gpus: the replica's models run on "
                             "its GPU (0.5 packs two replicas on one GPU); 0: CPU")
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(8.0, gt=0)
-    upscale_delay_s: float = Field(5.0, ge=0)
-    downscale_delay_s: float = Field(60.0, ge=0)
-    autoscaling: dict[str, Any] = Field(default_factory=dict, description="extra autoscaling_config keys")
+    min_replicas: int = Field(1, ge=0, description="replicas kept when idle")
+    max_replicas: int = Field(2, ge=1, description="most replicas the autoscaler starts")
+    target_ongoing_requests: float = Field(8.0, gt=0, description="requests per replica the autoscaler aims at")
+    upscale_delay_s: float = Field(5.0, ge=0, description="seconds of high load before a replica is added")
+    downscale_delay_s: float = Field(60.0, ge=0, description="seconds of low load before a replica is removed")
+    autoscaling: dict[str, Any] = Field(default_factory=dict, description="more of Serve's autoscaling_config, "
+                                        "KEY=VALUE or a JSON object (e.g. metrics_interval_s=2)")
     max_surge_percent: int = Field(100, ge=0, le=100, description="redeploys keep old replicas until new ones are up")
 
     @field_validator("autoscaling", mode="before")
@@ -135,7 +145,7 @@ class ServeArgs(ModelSet):
         return _mapping_arg(value)
 
     @model_validator(mode="after")
-    def _check_replicas(self) -> ServeArgs:
+    def _check_replicas(self) -> ReplicaSettings:
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"max_replicas ({self.max_replicas}) < min_replicas ({self.min_replicas})")
         return self
@@ -150,6 +160,17 @@ class ServeArgs(ModelSet):
         behind admitted work."""
         limit = self.ongoing_limit()
         return max(1, limit - max(2, limit // 8))
+
+
+@config_dataclass
+class ServeArgs(ModelSet, ReplicaSettings):
+    """Every argument of the application (``app_builder`` args, ``serve/config.yaml`` ``args:``, the flags of
+    ``ray_jobs/deploy.py``): the models (``ModelSet``) and the replicas' settings (``ReplicaSettings``)."""
+
+    def replica_settings(self) -> dict[str, Any]:
+        """The ``ReplicaSettings`` part, as the replica's constructor takes it."""
+        names = {f.name for f in dataclasses.fields(ReplicaSettings)}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k in names}
 
 
 def _find(path: str, base: Path | None = None) -> Path:
@@ -278,12 +299,13 @@ def serving_config(args: ServeArgs) -> dict[str, Any]:
     # environment: they get the registry's URI as resolved here.
     registry = next((s["registered"]["tracking_uri"] for s in specs.values() if "registered" in s), None)
     absolute = {k: _absolute(v) for k, v in (("manifest", args.manifest), ("checkpoint", args.checkpoint)) if v}
-    return ServingConfig(
+    config = ServingConfig(
         **absolute,
         models={name: _absolute(src) for name, src in args.models.items()},
         default_model=args.default_model,
         tracking=registry,
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
-    ).model_dump(exclude_none=True)
+    )
+    return {k: v for k, v in dataclasses.asdict(config).items() if v is not None}
 

@@ -36,7 +36,7 @@ def test_the_patch_rewrites_only_the_all_interfaces_address(monkeypatch):
     module = importlib.import_module(ray_compat.PATCHED_MODULE)
     seen: list[str] = []
 
-    def original(server, address):  # noqa: ANN001, ANN202 - stands in for grpc's add_insecure_port
+    def original(server, address):  # stands in for grpc's add_insecure_port
         seen.append(address)
         return 1234
 

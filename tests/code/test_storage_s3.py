@@ -133,17 +133,18 @@ def test_serve_resolves_manifests_and_checkpoints_on_s3(env, tiny_checkpoint, tm
 
 @pytest.mark.timeout(120)
 def test_sweep_mirror_leaves_checkpoints_in_the_bucket(env, tmp_path):
-    from kosent.tune import SweepConfig, _mirror, sweep_dir, sweep_location
+    from kosent.sweep import SweepConfig, sweep_dir, sweep_location
+    from kosent.sweep.results import mirror
 
     sweep = SweepConfig(name="s1", storage_path=f"{env}/sweeps/")
     assert sweep_location(sweep) == f"{env}/sweeps/s1"
     assert sweep_dir(sweep).parts[-3:] == ("remote", "sweeps", "s1")
-    for name in ("experiment_state-x.json", "t1/result.json", "t1/kosent_trial.json",
-                 "t1/train/checkpoint_manager_snapshot.json", "t1/train/epoch_1/model.safetensors",
-                 "t1/train/epoch_1/training_state/state.json"):
+    for name in ("experiment_state-x.json", "t1_lr=0.001/result.json", "train_runs/t1/kosent_trial.json",
+                 "train_runs/t1/checkpoint_manager_snapshot.json", "train_runs/t1/epoch_1/model.safetensors",
+                 "train_runs/t1/epoch_1/training_state/state.json"):
         write_text(f"{sweep_location(sweep)}/{name}", "{}")
     (tmp_path / "mirror" / "stale").mkdir(parents=True)
-    _mirror(sweep_location(sweep), tmp_path / "mirror")
+    mirror(sweep_location(sweep), tmp_path / "mirror")
     got = sorted(p.relative_to(tmp_path / "mirror").as_posix() for p in (tmp_path / "mirror").rglob("*") if p.is_file())
-    assert got == ["experiment_state-x.json", "t1/kosent_trial.json", "t1/result.json",
-                   "t1/train/checkpoint_manager_snapshot.json"]
+    assert got == ["experiment_state-x.json", "t1_lr=0.001/result.json",
+                   "train_runs/t1/checkpoint_manager_snapshot.json", "train_runs/t1/kosent_trial.json"]

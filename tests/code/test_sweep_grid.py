@@ -10,7 +10,7 @@ import types
 import pytest
 
 from kosent.config import DataConfig, TrainConfig
-from kosent.tune import (
+from kosent.sweep import (
     TABLE_COLUMNS,
     SweepConfig,
     SweepError,
@@ -69,7 +69,7 @@ def test_parse_grid_names_the_bad_key_or_value(items, message):
 
 
 def test_bool_values_parse_from_true_and_false():
-    from kosent.tune import _parse_value
+    from kosent.sweep.config import _parse_value
 
     assert [_parse_value("flag", v, bool) for v in ("true", "False")] == [True, False]
     with pytest.raises(SweepError, match="flag takes true or false"):
@@ -104,16 +104,16 @@ def test_the_new_training_fields_can_be_swept(key, values):
     assert key in FIELDS
     grid = parse_grid([f"{key}={','.join(str(v) for v in values)}"])
     assert grid == {key: values}
-    cfg = trial_config(_base(), 1e-4, 1, 0.99, "/tmp/t", {key: values[1]})
+    cfg = trial_config(_base(), 1e-4, 1, 0.99, "/tmp/t", "t1", {key: values[1]})
     assert getattr(cfg, key) == values[1]
 
 
 def test_trial_config_num_trials_and_asha_max_t():
     base = _base()
-    cfg = trial_config(base, 3e-4, 2, 0.99, "/tmp/some/trial", {"warmup_ratio": 0.2, "epochs": 3})
-    assert (cfg.lr, cfg.data.scale, cfg.warmup_ratio, cfg.epochs, cfg.name) == (3e-4, 2, 0.2, 3, "train")
+    cfg = trial_config(base, 3e-4, 2, 0.99, "/tmp/sweep/train_runs", "t1", {"warmup_ratio": 0.2, "epochs": 3})
+    assert (cfg.lr, cfg.data.scale, cfg.warmup_ratio, cfg.epochs, cfg.name) == (3e-4, 2, 0.2, 3, "t1")
     assert (cfg.weight_decay, cfg.model) == (base.weight_decay, "tiny")  # everything else from the base
-    assert trial_config(base, 3e-4, 2, 0.99, "/tmp/t") == trial_config(base, 3e-4, 2, 0.99, "/tmp/t", {})
+    assert trial_config(base, 3e-4, 2, 0.99, "/tmp/t", "t1") == trial_config(base, 3e-4, 2, 0.99, "/tmp/t", "t1", {})
     sweep = SweepConfig(lrs=[1e-4, 2e-4], scales=[1, 2], grid={"epochs": [2, 4], "warmup_ratio": [0.0, 0.1, 0.2]})
     assert sweep.num_trials() == 2 * 2 * 2 * 3
     assert SweepConfig(lrs=[1e-4], scales=[1]).num_trials() == 1
@@ -136,15 +136,18 @@ def test_trials_that_fit_count_cpus_and_gpu_shares():
 
 
 def test_search_space_and_trial_folder_names():
-    from kosent.tune import _trial_dirname, search_space
+    from kosent.sweep import search_space
+    from kosent.sweep.trial import trial_dirname
 
-    sweep = SweepConfig(lrs=[5e-5], scales=[1], grid={"warmup_ratio": [0.0, 0.2], "model": ["tiny"]})
+    sweep = SweepConfig(lrs=[5e-5], scales=[1], grid={"warmup_ratio": [0.0, 0.2], "model": ["tiny"]}, name="s",
+                        storage_path="/tmp/sweeps")
     space = search_space(sweep, _base())
+    assert space["runs"] == "/tmp/sweeps/s/train_runs"  # each trial's Train run: <runs>/<trial id>
     assert space["grid"] == {"warmup_ratio": {"grid_search": [0.0, 0.2]}, "model": {"grid_search": ["tiny"]}}
-    assert "grid" not in search_space(SweepConfig(lrs=[5e-5], scales=[1]), _base())  # old sweeps: as before
+    assert "grid" not in search_space(SweepConfig(lrs=[5e-5], scales=[1], name="s"), _base())  # old sweeps: as before
 
     def name(config):
-        return _trial_dirname(types.SimpleNamespace(trial_id="ab12_00001", config=config))
+        return trial_dirname(types.SimpleNamespace(trial_id="ab12_00001", config=config))
 
     assert name({"lr": 5e-5, "scale": 2}) == "ab12_00001_lr=5e-05_scale=2"
     folder = name({"lr": 5e-5, "scale": 1, "grid": {"warmup_ratio": 0.1, "model": "/runs/pretrain/dapt e5 (v2)/",
@@ -203,17 +206,18 @@ def test_job_grid_flag_and_yaml(tmp_path, tune_job):
 
 def test_local_folders_in_the_grid_become_absolute(tmp_path, monkeypatch):
     """Trials run in their own folders: a relative model (or teacher) folder must not be read from there."""
-    from kosent.tune import _absolute, _absolute_grid
+    from kosent.config import with_absolute_paths
+    from kosent.sweep.config import absolute_grid
 
     (tmp_path / "dapt").mkdir()
     (tmp_path / "tiny").mkdir()
     monkeypatch.chdir(tmp_path)
-    grid = _absolute_grid({"model": ["tiny", "dapt", "klue/bert-base"], "epochs": [2]})
+    grid = absolute_grid({"model": ["tiny", "dapt", "klue/bert-base"], "epochs": [2]})
     assert grid == {"model": ["tiny", str(tmp_path / "dapt"), "klue/bert-base"], "epochs": [2]}
-    assert _absolute(_base(model="dapt")).model == str(tmp_path / "dapt")
+    assert with_absolute_paths(_base(model="dapt")).model == str(tmp_path / "dapt")
     if "teacher" in FIELDS:
-        assert _absolute_grid({"teacher": [None, "dapt"]}) == {"teacher": [None, str(tmp_path / "dapt")]}
-        assert _absolute(_base(teacher="dapt")).teacher == str(tmp_path / "dapt")
+        assert absolute_grid({"teacher": [None, "dapt"]}) == {"teacher": [None, str(tmp_path / "dapt")]}
+        assert with_absolute_paths(_base(teacher="dapt")).teacher == str(tmp_path / "dapt")
 
 
 def test_scaling_plot_draws_one_line_per_lr_and_grid_setting(tmp_path, monkeypatch):

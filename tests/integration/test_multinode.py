@@ -1,7 +1,7 @@
 """Multi-node on one machine: Train and Tune spread over three Ray nodes, storage on S3, served from S3.
 
 A Ray cluster of three nodes (``ray.cluster_utils.Cluster``: a head and two workers, 1 CPU each, all on
-127.0.0.1) runs ``kosent.ray_train.fit`` (2 workers x 1 CPU) and ``kosent.tune.run_sweep`` (2 trials of
+127.0.0.1) runs ``kosent.ray_train.fit`` (2 workers x 1 CPU) and ``kosent.sweep.run_sweep`` (2 trials of
 2 workers, one at a time) at tiny size with ``storage_path="s3://<bucket>/runs"``. The bucket lives in
 moto's S3 server on 127.0.0.1, reached through ``AWS_ENDPOINT_URL`` (pyarrow.fs, which Ray Train and Tune
 use, honours it). No 1-CPU node can hold two 1-CPU workers, so each run has to span two nodes: the test
@@ -159,11 +159,11 @@ def test_train_tune_serve_across_nodes_with_s3_storage(s3_server, nsmc_path, tmp
                  "plots/val_macro_f1_vs_scale.png"):
         assert f"{sweep_key}/{name}" in keys, name
     assert any(k.startswith(f"{sweep_key}/experiment_state") for k in keys), "Tune's experiment state"
-    trial_ckpts = [k for k in keys if k.startswith(sweep_key) and k.endswith("/train/epoch_1/model.safetensors")]
+    trial_ckpts = [k for k in keys if k.startswith(sweep_key) and "/train_runs/" in k and k.endswith("/epoch_1/model.safetensors")]
     assert len(trial_ckpts) == 2, trial_ckpts
     manifest = sweep["manifest_doc"]
     assert manifest["checkpoint"].startswith(f"s3://{bucket}/{sweep_key}/") and manifest["source"] == "tune"
-    assert manifest["checkpoint"].endswith("/train/epoch_1") and "test_macro_f1" in manifest["test_metrics"]
+    assert "/train_runs/" in manifest["checkpoint"] and manifest["checkpoint"].endswith("/epoch_1") and "test_macro_f1" in manifest["test_metrics"]
 
     # Serve: both models loaded from S3 (fetched into the node's cache), real HTTP answers on 127.0.0.1.
     serve = r["serve"]
@@ -254,7 +254,7 @@ def child_main(argv: list[str] | None = None) -> int:
 
     from kosent.config import DataConfig, TrainConfig
     from kosent.ray_train import fit
-    from kosent.tune import SweepConfig, run_sweep
+    from kosent.sweep import SweepConfig, run_sweep
 
     timings: dict[str, float] = {}
     t = time.monotonic()

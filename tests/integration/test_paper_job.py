@@ -41,7 +41,7 @@ def test_paper_job_runs_every_experiment_and_writes_the_document(tmp_path, nsmc_
         out, _ = proc.communicate()
         pytest.fail(f"ray_jobs/paper.py did not finish in 840 s:\n{out[-5000:]}")
     assert proc.returncode == 0, out[-8000:]
-    assert "[paper" in out and "started baselines/nsmc/tiny" in out and "scale: Tune sweep of tiny" in out
+    assert "[kosent.paper " in out and "started baselines/nsmc/tiny" in out and "scale: Tune sweep of tiny" in out
 
     text = md.read_text(encoding="utf-8")
     assert text.startswith("# Results\n\nby hand, on top\n\n" + BEGIN) and "old generated text" not in text

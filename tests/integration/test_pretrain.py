@@ -71,7 +71,7 @@ def test_pretrain_job_output_is_a_starting_model_for_training(ray_cluster, tmp_p
 class _Recorder(Session):
     """The in-process session, keeping the reported metrics instead of checkpoints."""
 
-    def report(self, metrics, checkpoint_dir):  # noqa: ANN001, ANN201
+    def report(self, metrics, checkpoint_dir):
         self.reports = [*getattr(self, "reports", []), metrics]
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
@@ -84,7 +84,7 @@ def test_head_warm_up_leaves_the_encoder_untouched(nsmc_path, monkeypatch):
     captured = {}
     real = pretrain_mod.load_mlm
 
-    def keep(name, tokenizer):  # noqa: ANN001, ANN202
+    def keep(name, tokenizer):
         captured["model"] = real(name, tokenizer)
         captured["before"] = {n: p.detach().clone() for n, p in captured["model"].named_parameters()}
         return captured["model"]

@@ -107,7 +107,7 @@ def test_sweep_trials_nest_under_the_sweep_and_the_best_is_registered_and_served
         ray_cluster, tiny_ready, mlflow_server, client, tmp_path, free_port):
     from kosent import tracking
     from kosent.predict import Predictor
-    from kosent.tune import SweepConfig, run_sweep
+    from kosent.sweep import SweepConfig, run_sweep
 
     base = TrainConfig(model="tiny", epochs=1, batch_size=16, eval_batch_size=64, max_length=48, keep_checkpoints=1,
                        storage_path=str(tmp_path), tracking=mlflow_server,

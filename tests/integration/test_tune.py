@@ -1,4 +1,4 @@
-"""Ray Tune sweeps (kosent.tune) on the session cluster: tiny model, small real NSMC slices.
+"""Ray Tune sweeps (kosent.sweep) on the session cluster: tiny model, small real NSMC slices.
 
 The cheap tests at the top need no cluster; the ``ray`` ones run real sweeps (2 CPUs, dashboard on).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kosent.config import DataConfig, TrainConfig
-from kosent.tune import (
+from kosent.sweep import (
     SweepConfig,
     SweepError,
     TrialRow,
@@ -58,9 +58,9 @@ def test_sweep_config_validation_and_trial_config():
             bad.validate(base)
     # The driver's 0.01 CPU comes off the worker: a 1-worker x 1-CPU trial costs exactly one CPU.
     assert worker_cpus(SweepConfig(), base) == pytest.approx(0.99)
-    cfg = trial_config(base, 3e-4, 4, 0.99, "/tmp/some/trial")
+    cfg = trial_config(base, 3e-4, 4, 0.99, "/tmp/sweep/train_runs", "ab12_00003")
     assert (cfg.lr, cfg.data.scale, cfg.cpus_per_worker) == (3e-4, 4, 0.99)
-    assert (cfg.storage_path, cfg.name) == ("/tmp/some/trial", "train")
+    assert (cfg.storage_path, cfg.name) == ("/tmp/sweep/train_runs", "ab12_00003")  # named by the trial id
     assert (cfg.data.train_size, cfg.data.val_size, cfg.data.test_size) == (200, 100, 100)
 
 
@@ -152,7 +152,7 @@ _INTERRUPTED: list[str] = []
 
 
 def _no_orphaned_placement_groups(within_s: float = 30.0) -> list[str]:
-    from kosent.tune import orphaned_placement_groups
+    from kosent.sweep import orphaned_placement_groups
 
     deadline = time.monotonic() + within_s
     while (orphans := orphaned_placement_groups()) and time.monotonic() < deadline:
@@ -170,7 +170,7 @@ def test_sweep_early_stops_publishes_the_best_and_records_a_diverged_trial(ray_c
     predicts one class for every lr at this size (macro F1 0.333 everywhere), so ASHA would stop nothing."""
     from kosent.manifest import read_manifest
     from kosent.predict import Predictor
-    from kosent.tune import run_sweep
+    from kosent.sweep import run_sweep
 
     t0 = time.perf_counter()
     sweep = SweepConfig(lrs=[1e-3, 3e-3, 1e6], scales=[1], grace_period=1, max_concurrent_trials=1,
@@ -220,7 +220,7 @@ def test_sweep_early_stops_publishes_the_best_and_records_a_diverged_trial(ray_c
 @pytest.mark.timeout(600)
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tiny_ready, tmp_path):
     from kosent.manifest import read_manifest
-    from kosent.tune import run_sweep
+    from kosent.sweep import run_sweep
 
     t0 = time.perf_counter()
     sweep = SweepConfig(lrs=[3e-3], scales=[1, 2], max_concurrent_trials=1, asha=False, name="resume",
@@ -231,8 +231,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
     done = [r for r in first.trials if r.outcome == "completed"]
     # Trials are generated one at a time here: the second may not even exist yet.
     assert len(done) == 1 and first.savings["unfinished"] == 1 and len(first.trials) <= 2
-    finished_dir = Path(done[0].path)
-    before = {name: (finished_dir / name).read_bytes() for name in ("result.json", "kosent_trial.json")}
+    before = {name: (Path(folder) / name).read_bytes()
+              for folder, name in ((done[0].path, "result.json"), (done[0].run_dir, "kosent_trial.json"))}
 
     with pytest.raises(SweepError, match="already holds a sweep"):
         run_sweep(sweep, _base())
@@ -242,7 +242,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
 
     assert not resumed.interrupted and [r.outcome for r in resumed.trials] == ["completed", "completed"]
     # The finished trial was not run again: its results and start record are byte for byte the same.
-    assert {name: (finished_dir / name).read_bytes() for name in before} == before
+    assert {name: (Path(folder) / name).read_bytes() for folder, name in
+            ((done[0].path, "result.json"), (done[0].run_dir, "kosent_trial.json"))} == before
     assert resumed.trials[0].trial_id == done[0].trial_id or resumed.trials[1].trial_id == done[0].trial_id
     assert all(r.epochs_run == 2 for r in resumed.trials)
     assert read_manifest(resumed.manifest)["sweep"]["trials"] == 2
@@ -252,7 +253,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_cluster
     # Resuming a finished sweep runs nothing.
     again = run_sweep(SweepConfig(name="resume", storage_path=str(tmp_path), resume=True), TrainConfig())
     assert [r.trial_id for r in again.trials] == [r.trial_id for r in resumed.trials]
-    assert {name: (finished_dir / name).read_bytes() for name in before} == before
+    assert {name: (Path(folder) / name).read_bytes() for folder, name in
+            ((done[0].path, "result.json"), (done[0].run_dir, "kosent_trial.json"))} == before
 
 
 @pytest.mark.ray
@@ -265,7 +267,7 @@ def test_sweep_over_a_grid_of_warmup_ratios(ray_cluster, tiny_ready, tmp_path):
 
     from kosent.checkpoint import read_meta
     from kosent.manifest import read_manifest
-    from kosent.tune import run_sweep
+    from kosent.sweep import run_sweep
 
     t0 = time.perf_counter()
     sweep = SweepConfig(lrs=[3e-3], scales=[1], grid={"warmup_ratio": [0.0, 0.2]}, name="grid",
@@ -279,7 +281,10 @@ def test_sweep_over_a_grid_of_warmup_ratios(ray_cluster, tiny_ready, tmp_path):
         ratio = row.params["warmup_ratio"]
         assert (row.outcome, row.epochs_run, row.lr) == ("completed", 1, 3e-3)
         assert Path(row.path).name == f"{row.trial_id}_lr=0.003_scale=1_warmup_ratio={ratio:.3g}"
-        trial_file = json.loads((Path(row.path) / "kosent_trial.json").read_text(encoding="utf-8"))
+        # The trial's Train run is named by its trial id, in the sweep's train_runs folder.
+        assert Path(row.run_dir) == tmp_path / "grid" / "train_runs" / row.trial_id
+        assert Path(row.checkpoint).parent == Path(row.run_dir)
+        trial_file = json.loads((Path(row.run_dir) / "kosent_trial.json").read_text(encoding="utf-8"))
         assert trial_file["config"]["warmup_ratio"] == ratio and trial_file["config"]["lr"] == 3e-3
         assert read_meta(row.checkpoint)["config"]["warmup_ratio"] == ratio  # what the model was trained with
 

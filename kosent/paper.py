@@ -86,7 +86,7 @@ class PaperConfig:
     num_workers: int = Field(1, description="Ray Train workers per run")
     cpus_per_worker: float = Field(1.0, description="CPUs per Ray Train worker")
     use_gpu: bool = Field(False, description="a GPU share (--gpus-per-worker) per Ray Train worker")
-    gpus_per_worker: float = Field(1.0, description="GPU share per worker with --use-gpu: 0.25 runs four runs' "
+    gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share per worker with --use-gpu: 0.25 runs four runs' "
                                    "workers on one GPU at once")
     storage_path: str = Field("runs/paper", description="run folders go to <storage-path>/<name>")
     name: str | None = Field(None, description="the job's folder under --storage-path (default: paper-<UTC time>)")
@@ -112,8 +112,6 @@ class PaperConfig:
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise PaperError(f"{name} lists a model twice: {values}")
-        if self.use_gpu and not 0 < self.gpus_per_worker <= 1:
-            raise PaperError(f"gpus_per_worker must be in (0, 1] (got {self.gpus_per_worker:g})")
         if not self.models and "baselines" in self.experiments:
             raise PaperError("the baselines experiment needs at least one model (--models)")
         if "scale" in self.experiments and (not self.scales or not self.scale_models):

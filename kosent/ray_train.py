@@ -329,14 +329,8 @@ def connect(address: str | None = None) -> None:
 
 
 def check_resources(cfg: TrainConfig) -> None:
-    """More workers than the cluster can place is an error now, not a 60 s start-up timeout later."""
-    if cfg.num_workers < 1:
-        raise TrainSetupError(
-            f"num_workers must be at least 1 (got {cfg.num_workers}); to train in this process use `kosent train`"
-        )
-    if cfg.cpus_per_worker <= 0:
-        raise TrainSetupError(f"cpus_per_worker must be positive (got {cfg.cpus_per_worker})")
-    check_gpus_per_worker(cfg)
+    """More workers than the cluster can place is an error now, not a 60 s start-up timeout later. (Impossible
+    values, such as 0 workers or a GPU share above 1, are refused by ``TrainConfig`` itself.)"""
     total = ray.cluster_resources()
     need_cpu = cfg.num_workers * cfg.cpus_per_worker
     have_cpu = total.get("CPU", 0.0)
@@ -357,13 +351,6 @@ def check_resources(cfg: TrainConfig) -> None:
                 f"{cfg.num_workers} workers x {cfg.gpus_per_worker:g} GPU requested but the Ray cluster has "
                 f"{have_gpu:g} GPUs; lower --num-workers or --gpus-per-worker, or drop --use-gpu"
             )
-
-
-def check_gpus_per_worker(cfg: TrainConfig) -> None:
-    """A worker trains on one device: a GPU share is in (0, 1]."""
-    if cfg.use_gpu and not 0 < cfg.gpus_per_worker <= 1:
-        raise TrainSetupError(f"gpus_per_worker must be in (0, 1] (got {cfg.gpus_per_worker:g}): each worker "
-                              "trains on one GPU, or on a share of one")
 
 
 def worker_resources(cfg: TrainConfig) -> dict[str, float]:

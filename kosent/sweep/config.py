@@ -172,6 +172,12 @@ def check_grid(grid: Any) -> dict[str, list[Any]]:
         if not isinstance(values, (list, tuple)) or not values:
             raise SweepError(f"grid: {key} needs a non-empty list of values, got {values!r}")
         checked = [_check_value(key, v, fields[key]) for v in values]
+        for v in checked:  # within the field's limits (epochs >= 1, warmup_ratio <= 1 ...): fail now, not in a trial
+            try:
+                dataclasses.replace(TrainConfig(), **{key: v})
+            except ValueError as e:
+                reason = str(e).splitlines()[2].strip() if len(str(e).splitlines()) > 2 else str(e)
+                raise SweepError(f"grid: {key}={v!r}: {reason.split(' [type=')[0]}") from None
         repeated = [v for i, v in enumerate(checked) if v in checked[:i]]
         if repeated:
             raise SweepError(f"grid: {key} lists {repeated[0]!r} twice (to repeat trials use num_samples)")

@@ -135,6 +135,13 @@ def test_trials_that_fit_count_cpus_and_gpu_shares():
         SweepConfig(grid={"gpus_per_worker": [0.5, 1.0]}).validate(gpu)
 
 
+def test_grid_values_outside_a_fields_limits_fail_before_any_trial():
+    with pytest.raises(SweepError, match=r"grid: epochs=0: Input should be greater than or equal to 1"):
+        check_grid({"epochs": [2, 0]})
+    with pytest.raises(SweepError, match=r"grid: warmup_ratio=1.5"):
+        parse_grid(["warmup_ratio=0.1,1.5"])
+
+
 def test_search_space_and_trial_folder_names():
     from kosent.sweep import search_space
     from kosent.sweep.trial import trial_dirname

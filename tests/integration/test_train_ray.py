@@ -268,8 +268,8 @@ def test_bad_configs_fail_fast_with_a_clear_message(ray_cluster, base_cfg, split
     cpus = int(ray.cluster_resources()["CPU"])
     _expect_fast_failure(TrainSetupError, rf"{cpus + 1} workers x 1 CPU = {cpus + 1} CPUs requested but the Ray cluster has {cpus} CPUs",
                          dataclasses.replace(cfg, num_workers=cpus + 1), splits)
-    _expect_fast_failure(TrainSetupError, r"gpus_per_worker must be in \(0, 1\] \(got 1.5\)",
-                         dataclasses.replace(cfg, use_gpu=True, gpus_per_worker=1.5), splits)
+    with pytest.raises(ValueError, match="gpus_per_worker"):  # a worker trains on one GPU or a share of one
+        dataclasses.replace(cfg, use_gpu=True, gpus_per_worker=1.5)
     gpus = ray.cluster_resources().get("GPU", 0)
     _expect_fast_failure(TrainSetupError, rf"2 workers x 0.75 GPU requested but the Ray cluster has {gpus:g} GPUs",
                          dataclasses.replace(cfg, use_gpu=True, gpus_per_worker=0.75, num_workers=2), splits)

@@ -51,7 +51,9 @@ def test_sweep_config_validation_and_trial_config():
     SweepConfig().validate(base)
     assert SweepConfig(lrs=[1e-4, 2e-4], scales=[1, 2, 3], num_samples=2).num_trials() == 12
     assert SweepConfig(lrs=None, scales=[1, 2], num_samples=3).num_trials() == 6
-    for bad in (SweepConfig(lrs=[]), SweepConfig(lrs=[-1.0]), SweepConfig(scales=[0]), SweepConfig(scales=[1.5]),
+    with pytest.raises(ValueError, match="scales"):  # the declaration refuses a fractional scale
+        SweepConfig(scales=[1.5])
+    for bad in (SweepConfig(lrs=[]), SweepConfig(lrs=[-1.0]), SweepConfig(scales=[0]),
                 SweepConfig(lrs=None, lr_min=1e-3, lr_max=1e-4), SweepConfig(grace_period=0),
                 SweepConfig(driver_cpus=0.0), SweepConfig(max_concurrent_trials=0)):
         with pytest.raises(SweepError):

@@ -168,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics, plots and errors of a checkpoint on a split of its data (or other data)")
-    p.add_argument("checkpoint")
-    p.add_argument("--split", choices=["train", "validation", "test"], default="test")
+    p.add_argument("checkpoint", help="the checkpoint folder to evaluate")
+    p.add_argument("--split", choices=["train", "validation", "test"], default="test",
+                   help="which split of the checkpoint's data (or of the data the flags name) to score (default: test)")
     p.add_argument("--out", help="report folder (default: eval_<source>_<split> beside the checkpoint)")
     p.add_argument("--embeddings", action=argparse.BooleanOptionalAction, default=True,
                    help="PCA / t-SNE views of the sentence embeddings (default: on)")
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("ensemble", help="add a TF-IDF model to a checkpoint: one folder, probabilities averaged")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="the checkpoint folder whose model joins the ensemble")
     p.add_argument("--out", required=True, help="the new (empty) checkpoint folder")
     p.add_argument("--tfidf-weight", default="0.5",
                    help="TF-IDF share of the log-odds average, or 'auto' for the best on validation (default: 0.5)")
@@ -195,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_register)
 
     p = sub.add_parser("predict", help="predict labels for texts")
-    p.add_argument("checkpoint")
-    p.add_argument("texts", nargs="*")
+    p.add_argument("checkpoint", help="the checkpoint folder that predicts")
+    p.add_argument("texts", nargs="*", help="texts to label (or --file)")
     p.add_argument("--file", help="a UTF-8 file with one text per line")
     p.set_defaults(func=_cmd_predict)
     for command in sub.choices.values():

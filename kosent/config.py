@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 #: How every config dataclass is declared (``@config_dataclass``): a pydantic dataclass on which unknown fields
@@ -182,7 +182,21 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
     kwargs = dict(values)
     if "data" in kwargs and isinstance(kwargs["data"], dict) and issubclass(cls, TrainConfig):
         kwargs["data"] = from_dict(DataConfig, kwargs["data"])
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValidationError as e:
+        raise ValueError(f"{cls.__name__}: {describe_errors(e)}") from None
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A refused config in one line per problem, naming the field and the value: ``train_size=0: Input should be
+    greater than or equal to 1`` (pydantic's own text adds error types and a web link)."""
+    problems = []
+    for e in error.errors():
+        where = ".".join(str(part) for part in e["loc"])
+        message = e["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}={e['input']!r}: {message}" if where else message)
+    return "; ".join(problems)
 
 
 def load_yaml(path: str | Path, cls: type = TrainConfig) -> Any:

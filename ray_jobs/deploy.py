@@ -178,14 +178,13 @@ def wait_healthy(url: str, timeout_s: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ns = _env.parse_args(build_parser(), argv)
-    from pydantic import ValidationError
-
+    from kosent.config import from_dict
     from kosent.serve import ServeArgs, build
 
     try:
-        args = ServeArgs(**serve_args(ns))
+        args = from_dict(ServeArgs, serve_args(ns))
         app = build(args)
-    except (ValidationError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"deploy: {e}", file=sys.stderr)
         return 2
 

@@ -3,9 +3,12 @@
 1. Serve on a local cluster (127.0.0.1 only), the settings of ``serve/config.yaml`` (proxy timeout 60 s,
    ``max_queued_requests`` 64, admission on) with one replica of ``--num-cpus`` CPUs (``--max-replicas 2``
    lets it scale; ``--policy serve`` swaps kosent's demand-aware policy for Serve's default one).
-2. Capacity (1x): ``--capacity-clients`` closed-loop clients sending requests of ``--texts`` NSMC reviews
+2. The client is its own process (one asyncio loop on keep-alive connections, started once): on a small
+   machine it shares the cores with Serve, and a thread-per-request client cost the replica more CPU
+   than the requests it was measuring.
+3. Capacity (1x): ``--capacity-clients`` closed-loop clients sending requests of ``--texts`` NSMC reviews
    for ``--capacity-s``; texts answered per second.
-3. Each level: open-loop arrivals (evenly spaced) of requests of ``--texts`` reviews at ``level x capacity``
+4. Each level: open-loop arrivals (evenly spaced) of requests of ``--texts`` reviews at ``level x capacity``
    texts/s for ``--duration-s``, each with the deadline header ``X-Request-Timeout-S: --deadline-s``; then
    the level drains (every request ends: answered, refused or timed out; the client waits 90 s, longer
    than the proxy's 60 s, so a 408 would be seen). At most ``--max-in-flight`` requests are open at once;
@@ -14,7 +17,10 @@
 Printed per level: answers by status, goodput (texts answered within the deadline, per second of the
 level), latency of answered requests, latency of refusals, replicas seen; then the goals: zero 408/504 at
 every level, goodput from 1x to 20x at least 90% of the 1x level's, answered p99 within the deadline,
-refusals p99 under 100 ms.
+refusals p99 under 100 ms. And where the CPU went during each level (cores used by the client, Serve's
+proxy, the replica, the controller, Ray's daemons, this driver and anything else, from /proc), with the
+model's own speed (texts per second of forward-pass time, from the replica's ``/stats``): when goodput drops,
+this tells a slower model from an idle one.
 
     .venv/bin/python bench/bench_overload.py --train e5-small-ko
     .venv/bin/python bench/bench_overload.py --checkpoint runs/demo/checkpoint --max-replicas 2 --levels 5
@@ -32,12 +38,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
+import asyncio
+import json
 import logging
+import multiprocessing
 import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,66 +73,174 @@ class Level:
     started: set[int] = field(default_factory=set)  # every replica not stopping: RUNNING + STARTING
     first_scale_s: float | None = None  # seconds into the level when a second replica was first asked for
     errors: Counter = field(default_factory=Counter)
+    cores: dict[str, float] = field(default_factory=dict)  # cores each role used during the level
+    pass_texts_per_s: float = float("nan")  # inside the replica: texts per second of forward-pass time
+    pass_share: float = float("nan")  # forward-pass time / level time: how busy the model was
 
 
-def post(session: requests.Session, url: str, texts: list[str], deadline_s: float) -> tuple[int | str, float]:
+# ---- the load generator: its own process, one asyncio loop --------------------------------------------
+# The client shares the machine's cores with Serve. Threads with ``requests`` cost ~1 ms of CPU per request
+# and hold the GIL against the sampling thread, which inflates both the CPU taken from the replica and the
+# latencies measured; one asyncio loop on keep-alive connections, in its own process, costs a fraction of it.
+
+_BODIES: list[bytes] = []
+
+
+def _client_init(bodies: list[bytes]) -> None:
+    _BODIES[:] = bodies
+
+
+def _run(coro):  # uvloop when present (it ships with Ray Serve): a cheaper client loop
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+async def _post(session, url: str, i: int, deadline_s: float) -> tuple[int | str, float]:
+    import aiohttp
+
     t0 = time.perf_counter()
     try:
-        r = session.post(url, json={"texts": texts}, timeout=CLIENT_TIMEOUT_S,
-                         headers={"X-Request-Timeout-S": f"{deadline_s:g}"})
-        code: int | str = r.status_code
-    except requests.RequestException as e:
+        async with session.post(url, data=_BODIES[i % len(_BODIES)],
+                                headers={"Content-Type": "application/json",
+                                         "X-Request-Timeout-S": f"{deadline_s:g}"}) as r:
+            await r.read()
+            code: int | str = r.status
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:
         code = type(e).__name__
     return code, time.perf_counter() - t0
 
 
-def capacity(url: str, texts: list[str], per_request: int, clients: int, seconds: float) -> float:
+def _session(limit: int):
+    import aiohttp
+
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit),
+                                 timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S))
+
+
+def client_capacity(url: str, clients: int, seconds: float) -> float:
     """Texts answered per second by ``clients`` closed-loop clients (no deadline pressure)."""
-    done, lock = [0], threading.Lock()
-    stop = time.perf_counter() + seconds
 
-    def client(k: int) -> None:
-        with requests.Session() as s:
-            i = k * 97
-            while time.perf_counter() < stop:
-                chunk = [texts[(i + j) % len(texts)] for j in range(per_request)]
-                i += per_request
-                code, _ = post(s, url, chunk, 60.0)
-                if code == 200:
-                    with lock:
-                        done[0] += per_request
+    async def go() -> float:
+        done = [0]
+        async with _session(clients) as s:
+            stop = time.perf_counter() + seconds
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return done[0] / (time.perf_counter() - t0)
+            async def client(k: int) -> None:
+                i = k * 97
+                while time.perf_counter() < stop:
+                    code, _ = await _post(s, url, i, 60.0)
+                    i += 1
+                    if code == 200:
+                        done[0] += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(k) for k in range(clients)))
+            return done[0] / (time.perf_counter() - t0)
+
+    return _run(go())
 
 
-def offer(url: str, texts: list[str], level: Level, per_request: int, seconds: float, deadline_s: float,
-          max_in_flight: int, replicas_now) -> None:  # a callable -> int
-    """Open-loop arrivals at ``level.offered_texts_per_s`` for ``seconds``, then wait for all to end."""
-    interval = per_request / level.offered_texts_per_s
-    lock, local = threading.Lock(), threading.local()
-    in_flight = [0]
+def client_offer(url: str, interval_s: float, seconds: float, deadline_s: float, max_in_flight: int) -> dict:
+    """Open-loop arrivals every ``interval_s`` for ``seconds``, then wait until every request has ended."""
 
-    def one(i: int) -> None:
-        if not hasattr(local, "session"):
-            local.session = requests.Session()
-        chunk = [texts[(i * per_request + j) % len(texts)] for j in range(per_request)]
-        code, took = post(local.session, url, chunk, deadline_s)
-        with lock:
+    async def go() -> dict:
+        out: dict = {"codes": Counter(), "answered_s": [], "refused_s": [], "not_sent": 0}
+        in_flight = [0]
+
+        async def one(i: int) -> None:
+            code, took = await _post(s, url, i, deadline_s)
             in_flight[0] -= 1
-            level.codes[code] += 1
+            out["codes"][code] += 1
             if code == 200:
-                level.answered_ms.append(took * 1000)
-                if took <= deadline_s:
-                    level.good_texts += per_request
+                out["answered_s"].append(took)
             elif code == 503:
-                level.refused_ms.append(took * 1000)
+                out["refused_s"].append(took)
 
+        async with _session(max_in_flight) as s:
+            tasks = []
+            t0 = time.perf_counter()
+            i = 0
+            while (due := i * interval_s) < seconds:
+                pause = t0 + due - time.perf_counter()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                if in_flight[0] >= max_in_flight:
+                    out["not_sent"] += 1
+                else:
+                    in_flight[0] += 1
+                    tasks.append(asyncio.ensure_future(one(i)))
+                i += 1
+            out["seconds"] = time.perf_counter() - t0
+            await asyncio.gather(*tasks)
+        return out
+
+    return _run(go())
+
+
+# ---- where the CPU goes ------------------------------------------------------------------------------
+
+ROLES = ("client", "proxy", "replica", "controller", "ray system", "bench driver", "other")
+
+
+def _cpu_by_pid() -> dict[int, tuple[float, str]]:
+    """CPU seconds (user + system) and command line of every process (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        out[int(d.name)] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
+    return out
+
+
+def _role(pid: int, cmd: str, client_pid: int) -> str:
+    if pid == client_pid:
+        return "client"
+    if pid == os.getpid():
+        return "bench driver"
+    for needle, role in (("ServeReplica", "replica"), ("ProxyActor", "proxy"), ("ServeController", "controller")):
+        if needle in cmd:
+            return role
+    if any(k in cmd for k in ("raylet", "gcs_server", "ray/dashboard", "log_monitor", "monitor.py", "ray::",
+                              "default_worker.py", "runtime_env")):
+        return "ray system"
+    return "other"
+
+
+def cores_used(before: dict[int, tuple[float, str]], after: dict[int, tuple[float, str]], seconds: float,
+               client_pid: int) -> dict[str, float]:
+    """Cores each role used between two :func:`_cpu_by_pid` readings ``seconds`` apart."""
+    used = dict.fromkeys(ROLES, 0.0)
+    for pid, (cpu, cmd) in after.items():
+        used[_role(pid, cmd, client_pid)] += cpu - before.get(pid, (0.0, ""))[0]
+    return {k: v / seconds for k, v in used.items()}
+
+
+def replica_stats(url: str) -> dict | None:
+    """``GET /stats`` of the replica that answers (None when none does)."""
+    try:
+        r = requests.get(url.replace("/predict", "/stats"), timeout=30)
+        return r.json() if r.status_code == 200 else None
+    except requests.RequestException:
+        return None
+
+
+def _passed_texts(stats: dict) -> int:
+    return sum(int(size) * n for size, n in stats["batch_sizes"].items())
+
+
+def offer(pool, url: str, level: Level, per_request: int, seconds: float, deadline_s: float, max_in_flight: int,
+          replicas_now, client_pid: int) -> None:
+    """One level: the client process offers ``level.offered_texts_per_s``; replicas and CPU sampled here."""
     stop_sampling = threading.Event()
 
     def sample() -> None:
@@ -139,28 +255,24 @@ def offer(url: str, texts: list[str], level: Level, per_request: int, seconds: f
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    with ThreadPoolExecutor(max_in_flight) as pool:
-        t0 = time.perf_counter()
-        i = 0
-        while True:
-            due = t0 + i * interval
-            if due - t0 >= seconds:
-                break
-            pause = due - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            with lock:
-                full = in_flight[0] >= max_in_flight
-                if not full:
-                    in_flight[0] += 1
-            if full:
-                level.not_sent += 1
-            else:
-                pool.submit(one, i)
-            i += 1
-        level.seconds = time.perf_counter() - t0
+    stats0 = replica_stats(url)
+    cpu0, t0 = _cpu_by_pid(), time.perf_counter()
+    pending = pool.apply_async(client_offer, (url, per_request / level.offered_texts_per_s, seconds, deadline_s,
+                                              max_in_flight))
+    time.sleep(seconds)
+    level.cores = cores_used(cpu0, _cpu_by_pid(), time.perf_counter() - t0, client_pid)
+    out = pending.get()
+    stats1 = replica_stats(url)
+    if stats0 and stats1:  # one replica answered both (with several, the figures are one replica's sample)
+        busy = stats1["forward_seconds"] - stats0["forward_seconds"]
+        level.pass_texts_per_s = (_passed_texts(stats1) - _passed_texts(stats0)) / busy if busy > 0 else float("nan")
+        level.pass_share = busy / (time.perf_counter() - t0)
     stop_sampling.set()
     sampler.join()
+    level.seconds, level.codes, level.not_sent = out["seconds"], out["codes"], out["not_sent"]
+    level.answered_ms = [s * 1000 for s in out["answered_s"]]
+    level.refused_ms = [s * 1000 for s in out["refused_s"]]
+    level.good_texts = per_request * sum(1 for s in out["answered_s"] if s <= deadline_s)
 
 
 def main() -> int:
@@ -206,6 +318,7 @@ def main() -> int:
              log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}})
     levels: list[Level] = []
+    pool = None
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port, "request_timeout_s": 60})
         settings = {"checkpoint": checkpoint, "num_cpus": args.num_cpus, "min_replicas": 1,
@@ -224,20 +337,27 @@ def main() -> int:
             states = app.deployments["KosentServer"].replica_states
             return states.get("RUNNING", 0), sum(n for s, n in states.items() if s != "STOPPING")
 
-        capacity(url, texts, args.texts, 2, 5.0)  # warm-up
-        cap = capacity(url, texts, args.texts, args.capacity_clients, args.capacity_s)
+        bodies = [json.dumps({"texts": texts[i:i + args.texts]}, ensure_ascii=False).encode()
+                  for i in range(0, len(texts) - args.texts + 1, args.texts)]
+        pool = multiprocessing.get_context("spawn").Pool(1, _client_init, (bodies,))
+        client_pid = pool.apply(os.getpid)
+        pool.apply(client_capacity, (url, 2, 5.0))  # warm-up
+        cap = pool.apply(client_capacity, (url, args.capacity_clients, args.capacity_s)) * args.texts
         log.info(f"capacity: {cap:.1f} texts/s ({args.capacity_clients} closed-loop clients, {args.texts} texts "
                  f"per request); load average {os.getloadavg()[0]:.1f}")
         for mult in args.levels:
             level = Level(f"{mult:g}x", mult * cap)
-            offer(url, texts, level, args.texts, args.duration_s, args.deadline_s, args.max_in_flight, replicas_now)
+            offer(pool, url, level, args.texts, args.duration_s, args.deadline_s, args.max_in_flight, replicas_now,
+                  client_pid)
             levels.append(level)
             log.info(f"{level.name}: {dict(level.codes)}, goodput {level.good_texts / level.seconds:.1f} texts/s, "
                      f"replicas running {sorted(level.replicas)}, started {sorted(level.started)}, second asked for "
                      f"at {level.first_scale_s}s, load average {os.getloadavg()[0]:.1f}")
             time.sleep(3.0)
-        stats = requests.get(url.replace("/predict", "/stats"), timeout=30).json()
+        stats = replica_stats(url) or {}
     finally:
+        if pool is not None:
+            pool.terminate()
         serve.shutdown()
         ray.shutdown()
         tmp.cleanup()
@@ -260,10 +380,18 @@ def main() -> int:
               f"{percentile(lv.answered_ms, 0.99):.0f} | {percentile(lv.refused_ms, 0.5):.0f} / "
               f"{percentile(lv.refused_ms, 0.99):.0f} | {min(lv.replicas, default=0)}-{max(lv.replicas, default=0)} "
               f"({max(lv.started, default=0)}) | {'-' if lv.first_scale_s is None else f'{lv.first_scale_s:.0f} s'} |")
-    print(f"\nlast replica's /stats: refused {stats['refused']}, timeouts {stats['timeouts']}, dropped texts "
-          f"{stats['dropped_texts']}, refusal p50 / p99 inside the replica {stats['refusal_ms_p50']} / "
-          f"{stats['refusal_ms_p99']} ms, forward-pass "
-          f"sizes {stats['batch_sizes']}")
+    print("\ncores used during each level (CPU seconds per second, from /proc; the machine has "
+          f"{os.cpu_count()}), and the model's own speed (texts per second of forward-pass time, and the share "
+          "of the level it was computing):\n")
+    print("| offered | " + " | ".join(ROLES) + " | total | forward texts/s | forward busy |")
+    print("|---|" + "---|" * (len(ROLES) + 3))
+    for lv in levels:
+        print(f"| {lv.name} | " + " | ".join(f"{lv.cores[r]:.2f}" for r in ROLES) + f" | {sum(lv.cores.values()):.2f} "
+              f"| {lv.pass_texts_per_s:.1f} | {100 * lv.pass_share:.0f}% |")
+    if stats:
+        print(f"\nlast replica's /stats: refused {stats['refused']}, timeouts {stats['timeouts']}, dropped texts "
+              f"{stats['dropped_texts']}, refusal p50 / p99 inside the replica {stats['refusal_ms_p50']} / "
+              f"{stats['refusal_ms_p99']} ms, forward-pass sizes {stats['batch_sizes']}")
     print("\n| goal | target | measured | met |")
     print("|---|---|---|---|")
     ok = True

@@ -20,7 +20,6 @@ import asyncio
 import hmac
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -83,13 +82,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return ApiError(exc.status_code, code, str(detail), None, getattr(exc, "headers", None)).response()
 
 
-#: The forward thread's nice value (Linux: per thread). When the CPUs are contended, the replica's event
-#: loop and Serve's proxy (which answer refusals and health checks in milliseconds) go before the forward
-#: pass; on idle CPUs it changes nothing.
-FORWARD_NICE = 5
-#: How often Python hands the GIL between threads (default 5 ms): shorter, so the event loop is not held
-#: up for long by the Python parts of a forward pass (tokenization, module calls).
-SWITCH_INTERVAL_S = 0.001
+#: How much nicer (Linux: per thread) the forward thread is than the thread that starts it. When the CPUs
+#: are contended, the replica's event loop and Serve's proxy (which answer refusals and health checks in
+#: milliseconds) go before the forward pass; on idle CPUs it changes nothing. Relative, not absolute: Ray
+#: starts its workers at niceness 15, so an absolute 5 would put the forward pass *ahead* of the replica's
+#: own event loop, Serve's proxy and every other Ray worker on the node (and it needs root to do so).
+FORWARD_NICENESS_INCREMENT = 4
+# The GIL switch interval stays at Python's 5 ms. A shorter one (1 ms, tried) lets the event loop take the
+# GIL back sooner, but the forward thread needs it after every torch op: under 20x overload the passes
+# ran 25-30% slower (16-17 vs 21-25 texts/s, bench/bench_overload.py) and refusals were no faster.
 
 
 def _forward(predictor: Any, texts: list[str]) -> list[Any]:
@@ -100,10 +101,14 @@ def _forward_thread_setup(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    tid = threading.get_native_id()
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), FORWARD_NICE)
-    except (AttributeError, OSError) as e:  # not Linux, or not allowed: forward passes keep normal priority
+        niceness = min(19, os.getpriority(os.PRIO_PROCESS, tid) + FORWARD_NICENESS_INCREMENT)
+        os.setpriority(os.PRIO_PROCESS, tid, niceness)
+    except (AttributeError, OSError) as e:  # not Linux: forward passes keep the replica's priority
         logger.info(f"kosent: forward thread keeps its priority ({e})")
+        return
+    logger.info(f"kosent: forward thread at niceness {niceness}")
 
 
 @serve.deployment(name="KosentServer")
@@ -127,7 +132,6 @@ class KosentServer:
         # hot swap never stops the current model from answering.
         self._forward_pool = ThreadPoolExecutor(1, "kosent-forward", initializer=_forward_thread_setup,
                                                 initargs=(self.threads,))
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._load_pool = ThreadPoolExecutor(1, "kosent-load", initializer=torch.set_num_threads,
                                              initargs=(self.threads,))
         self._token = self.args.auth_token or os.environ.get(self.args.auth_token_env) or None

@@ -7,6 +7,8 @@ thread like a CPU-bound pass) so that the capacity admission must estimate is kn
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -158,3 +160,25 @@ def test_replicas_for_demand():
     assert replicas_for_demand({"r1": 30.0}, {"r1": 30.0}) < 1  # at capacity: no extra replica
     assert replicas_for_demand({"r1": 150.0}, {"r1": 30.0}) == pytest.approx(5 / DEMAND_SLACK)
     assert replicas_for_demand({"r1": 60.0, "r2": 60.0}, {"r1": 30.0, "r2": 30.0}) == pytest.approx(4 / DEMAND_SLACK)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread niceness is Linux's")
+def test_forward_thread_is_nicer_than_the_thread_that_starts_it():
+    """Ray starts workers at niceness 15: the forward pass must still go *after* the replica's event loop
+    (an absolute niceness put it ahead of every other Ray thread on the node)."""
+    from kosent.serve.deployment import FORWARD_NICENESS_INCREMENT, _forward_thread_setup
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    now = niceness()
+    for start in sorted({now, max(now, 15), max(now, 17)}):  # never below now: lowering it needs privilege
+        def starter(start: int = start) -> tuple[int, int]:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), start)
+            with ThreadPoolExecutor(1, initializer=_forward_thread_setup, initargs=(1,)) as pool:
+                return niceness(), pool.submit(niceness).result()
+
+        with ThreadPoolExecutor(1) as outer:  # a fresh thread plays the replica's event loop
+            loop_niceness, forward_niceness = outer.submit(starter).result()
+        assert loop_niceness == start
+        assert forward_niceness == min(19, start + FORWARD_NICENESS_INCREMENT)

@@ -72,7 +72,6 @@ class Level:
     replicas: set[int] = field(default_factory=set)  # RUNNING, sampled every second
     started: set[int] = field(default_factory=set)  # every replica not stopping: RUNNING + STARTING
     first_scale_s: float | None = None  # seconds into the level when a second replica was first asked for
-    errors: Counter = field(default_factory=Counter)
     cores: dict[str, float] = field(default_factory=dict)  # cores each role used during the level
     pass_texts_per_s: float = float("nan")  # inside the replica: texts per second of forward-pass time
     pass_share: float = float("nan")  # forward-pass time / level time: how busy the model was
@@ -210,7 +209,7 @@ def _role(pid: int, cmd: str, client_pid: int) -> str:
     for needle, role in (("ServeReplica", "replica"), ("ProxyActor", "proxy"), ("ServeController", "controller")):
         if needle in cmd:
             return role
-    if any(k in cmd for k in ("raylet", "gcs_server", "ray/dashboard", "log_monitor", "monitor.py", "ray::",
+    if any(k in cmd for k in ("raylet", "gcs_server", "ray/dashboard", "monitor.py", "ray::",
                               "default_worker.py", "runtime_env")):
         return "ray system"
     return "other"

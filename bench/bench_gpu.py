@@ -92,8 +92,8 @@ def _ray_worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from kosent.checkpoint import write_text
     from kosent.ray_train import train_loop_per_worker
+    from kosent.storage import write_text
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -114,7 +114,7 @@ def _remove(location: str) -> None:
     """Delete the bench's run folder, local or in object storage."""
     import pyarrow.fs
 
-    from kosent.checkpoint import is_uri
+    from kosent.storage import is_uri
 
     if not is_uri(location):
         shutil.rmtree(location, ignore_errors=True)
@@ -131,8 +131,8 @@ def run_with_ray(cfg: Any, splits: Any) -> tuple[list[dict], dict, str]:
     import ray
     from ray.train.torch import TorchTrainer
 
-    from kosent.checkpoint import exists, read_text
     from kosent.ray_train import build_trainer, check_resources, resolve_model
+    from kosent.storage import exists, read_text
 
     resolve_model(cfg.model)  # builds the offline model folder here, before the worker starts
     if not ray.is_initialized():
@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from kosent.config import DataConfig, TrainConfig
     from kosent.data import make_splits
+    from kosent.storage import absolute
 
     sizes = {k: getattr(args, k) if getattr(args, k) is not None else v
              for k, v in (GPU_DEFAULTS if cuda else CPU_DEFAULTS).items()}
@@ -203,8 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(tempfile.mkdtemp(prefix="kosent-bench-gpu-"))
     storage = args.storage_path or (f"{os.environ['KOSENT_STORAGE']}/bench" if os.environ.get("KOSENT_STORAGE")
                                     else str(out_dir / "runs"))
-    if "://" not in storage:
-        storage = str(Path(storage).expanduser().resolve())  # the driver and the worker must agree on it
+    storage = absolute(storage)  # the driver and the worker must agree on it
     cfg = TrainConfig(
         model=args.model, epochs=args.epochs, lr=args.lr, batch_size=sizes["batch_size"],
         max_length=sizes["max_length"], max_steps=args.max_steps, use_gpu=cuda, num_workers=1,

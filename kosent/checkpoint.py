@@ -13,7 +13,7 @@ unknown must not be served by mistake.
 A checkpoint (and a manifest) may also live on object storage (``s3://bucket/runs/x/epoch_2``, ``gs://``):
 multi-node runs write there. :func:`read_meta` reads ``kosent.json`` there in place, and
 :func:`fetch_checkpoint` copies the folder (without ``training_state/``) into ``$KOSENT_HOME/remote`` once,
-for loading. Credentials and endpoint come from the environment, as for Ray (``AWS_*``, pyarrow.fs).
+for loading. Storage itself (paths, URIs, credentials) is :mod:`kosent.storage`'s.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from kosent.config import utc_now
+from kosent.config import cache_home, utc_now
+from kosent.storage import copy_files, exists, is_uri, read_text
 
 META_FILE = "kosent.json"
 STATE_DIR = "training_state"
@@ -184,92 +185,10 @@ def load_training_state(
     return doc["progress"]
 
 
-# ----------------------------------------------------------------------------------------------------
-# Object storage (s3://, gs://): what multi-node runs write, read here through pyarrow.fs like Ray does
-# ----------------------------------------------------------------------------------------------------
-
-
-def is_uri(location: str | Path) -> bool:
-    """``s3://bucket/key`` and the like (anything with a scheme); a plain path is local."""
-    return "://" in str(location)
-
-
-def _fs(location: str) -> tuple[Any, str]:
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(location)
-
-
-def read_text(location: str | Path) -> str:
-    """A local file or an object in storage, as UTF-8 text; FileNotFoundError names the location."""
-    if not is_uri(location):
-        return Path(location).read_text(encoding="utf-8")
-    fs, path = _fs(str(location))
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.read().decode("utf-8")
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{location}: not found") from e
-
-
-def write_text(location: str | Path, text: str) -> None:
-    """Write a local file (making its folder) or an object in storage."""
-    if not is_uri(location):
-        Path(location).parent.mkdir(parents=True, exist_ok=True)
-        Path(location).write_text(text, encoding="utf-8")
-        return
-    fs, path = _fs(str(location))
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
-
-
-def exists(location: str | Path) -> bool:
-    """A local path, or an object / a non-empty prefix in storage."""
-    if not is_uri(location):
-        return Path(location).exists()
-    import pyarrow.fs
-
-    fs, path = _fs(str(location))
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
-def delete_file(location: str | Path) -> None:
-    """Remove a file if it is there (local or in storage)."""
-    if not is_uri(location):
-        Path(location).unlink(missing_ok=True)
-    elif exists(location):
-        fs, path = _fs(str(location))
-        fs.delete_file(path)
-
-
-def upload(local: str | Path, location: str) -> None:
-    """Copy a local file or folder (recursively) to ``location`` in storage."""
-    import pyarrow.fs
-
-    fs, path = _fs(location)
-    pyarrow.fs.copy_files(str(local), path, destination_filesystem=fs)
-
-
-def download_tree(location: str, dest: str | Path, skip: Any = None) -> list[Path]:
-    """Copy every object under ``location`` into ``dest`` (same relative layout); ``skip(relative_path)``
-    returning True leaves a file out. Returns the local files written."""
-    import pyarrow.fs
-
-    fs, root = _fs(location)
-    root = root.rstrip("/")
-    written = []
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)):
-        if info.type != pyarrow.fs.FileType.File:
-            continue
-        rel = info.path[len(root) + 1:]
-        if not rel or (skip is not None and skip(rel)):
-            continue
-        target = Path(dest) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with fs.open_input_stream(info.path) as src, target.open("wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        written.append(target)
-    return written
+def copy_checkpoint(source: str | Path, dest: str | Path) -> None:
+    """The model, tokenizer and ``kosent.json`` of a checkpoint, without ``training_state/`` (what serving,
+    an ensemble or a later stage needs); either side may be a URI."""
+    copy_files(source, dest, skip=lambda rel: rel.split("/", 1)[0] == STATE_DIR)
 
 
 def fetch_checkpoint(uri: str) -> Path:
@@ -281,8 +200,6 @@ def fetch_checkpoint(uri: str) -> Path:
     """
     if not is_uri(uri):
         return Path(uri)
-    from kosent.config import cache_home
-
     uri = uri.rstrip("/")
     meta = read_meta(uri)  # fails early, naming the URI, for a folder that is not a checkpoint
     key = hashlib.sha256((uri + json.dumps(meta, sort_keys=True)).encode("utf-8")).hexdigest()[:16]
@@ -292,7 +209,7 @@ def fetch_checkpoint(uri: str) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        download_tree(uri, staging, skip=lambda rel: rel.split("/", 1)[0] == STATE_DIR)
+        copy_checkpoint(uri, staging)
         if not (staging / META_FILE).is_file():
             raise CheckpointError(f"{uri}: downloaded without {META_FILE}")
         try:

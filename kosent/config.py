@@ -29,6 +29,8 @@ import yaml
 from pydantic import ConfigDict, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
+from kosent.storage import is_uri
+
 #: How every config dataclass is declared (``@config_dataclass``): a pydantic dataclass on which unknown fields
 #: are errors (a typo in YAML is not ignored).
 config_dataclass = dataclass(config=ConfigDict(extra="forbid"))
@@ -152,7 +154,7 @@ def absolute_local(value: Any, keep: Iterable[str] = ()) -> Any:
     """``value`` as an absolute path when it names an existing local file or folder; anything else (a URI, a hub
     id, a name in ``keep`` such as a model alias, a path that does not exist) as given. Ray workers and Tune
     trials do not share the driver's working directory: every local path they get goes through here."""
-    if not isinstance(value, str) or value in set(keep) or "://" in value or not Path(value).expanduser().exists():
+    if not isinstance(value, str) or value in set(keep) or is_uri(value) or not Path(value).expanduser().exists():
         return value
     return str(Path(value).expanduser().resolve())
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kosent.checkpoint import META_FILE, STATE_DIR, CheckpointError, read_meta
+from kosent.checkpoint import META_FILE, CheckpointError, copy_checkpoint, read_meta
 from kosent.data import Splits
 from kosent.metrics import classification_metrics
 from kosent.models.tfidf import TfidfClassifier
@@ -106,7 +105,7 @@ def build_ensemble(checkpoint: str | Path, out: str | Path, splits: Splits,
             "ensemble": classification_metrics(labels, mix(pm, pt, tfidf_weight), names, prefix=prefix),
         }
 
-    shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns(STATE_DIR), dirs_exist_ok=True)
+    copy_checkpoint(checkpoint, out)
     tfidf.save(out / TFIDF_DIR)
     meta["ensemble"] = {"tfidf": TFIDF_DIR, "tfidf_weight": tfidf_weight, "from_checkpoint": str(checkpoint)}
     meta["metrics"] = {**meta.get("metrics", {}), **summary["validation"]["ensemble"]}

@@ -13,6 +13,7 @@ from typing import Any
 
 from kosent.checkpoint import read_checked_json, read_meta
 from kosent.config import utc_now
+from kosent.storage import absolute
 
 MANIFEST_FILE = "manifest.json"
 
@@ -33,7 +34,7 @@ def write_manifest(
     """Write the manifest for ``checkpoint`` (label map, fingerprint and config come from its kosent.json)."""
     meta = read_meta(checkpoint)
     doc = {
-        "checkpoint": str(Path(checkpoint).resolve()) if "://" not in str(checkpoint) else str(checkpoint),
+        "checkpoint": absolute(checkpoint),
         "label_names": meta["label_names"],
         "data_fingerprint": meta["data_fingerprint"],
         "config": meta.get("config", {}),

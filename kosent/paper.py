@@ -35,6 +35,7 @@ from pydantic import Field
 
 from kosent.config import DataConfig, TrainConfig, config_dataclass
 from kosent.data import DataError, DataReport, Splits, Table, load_table, make_splits
+from kosent.storage import is_uri
 
 EXPERIMENTS = ("baselines", "scale", "kmhas")
 DEFAULT_LRS = {"e5-small-ko": 5e-5, "e5-small": 5e-5, "tiny": 3e-3, "rnn": 2e-3, "birnn": 2e-3}
@@ -132,7 +133,7 @@ class PaperConfig:
             raise PaperError(f"max_steps must be at least 1 or unset, got {self.max_steps}")
         if self.max_points < 10:
             raise PaperError(f"max_points must be at least 10 (t-SNE needs points), got {self.max_points}")
-        if "://" in self.storage_path:
+        if is_uri(self.storage_path):
             raise PaperError(f"storage_path {self.storage_path}: give a local or mounted shared folder; URIs are not "
                              "supported here (reports and figures are written beside the checkpoints)")
         bad_lrs = {m: v for m, v in self.lrs.items() if not v > 0}

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from kosent import batches
-from kosent.checkpoint import fetch_checkpoint, is_uri, load_checkpoint, read_meta
+from kosent.checkpoint import fetch_checkpoint, load_checkpoint, read_meta
 from kosent.models.tfidf import TfidfClassifier
+from kosent.storage import is_uri
 from kosent.text import normalize
 
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, get_linear_schedule_with_warmup
 
 from kosent import batches
-from kosent.checkpoint import load_training_state, save_training_state
+from kosent.checkpoint import copy_checkpoint, load_training_state, save_training_state
 from kosent.config import PretrainConfig, to_dict
 from kosent.data import load_table, make_splits, unseen_texts
 from kosent.train import Session, _autocast, _optimizer, seed_everything
@@ -230,7 +230,7 @@ def fit_pretrain_local(cfg: PretrainConfig, out: str | Path) -> Path:
     pretrain_loop(cfg, corpus, session)
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(session.last, out, ignore=shutil.ignore_patterns("training_state"))
+    copy_checkpoint(session.last, out)
     shutil.rmtree(session.out_dir, ignore_errors=True)
     return out
 
@@ -306,7 +306,7 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     dest = Path(out) if out else Path(cfg.storage_path) / cfg.name / "model"
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("training_state"))
+    copy_checkpoint(src, dest)
     history = json.loads((dest / META_FILE).read_text(encoding="utf-8"))["history"]
     losses = ", ".join(f"{h['val_mlm_loss']:.4f}" for h in history)
     log.info(f"pretrained model folder: {dest} (val_mlm_loss per epoch: {losses})")

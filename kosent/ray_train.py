@@ -49,7 +49,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from kosent import distill
+from kosent import distill, storage
 from kosent.checkpoint import META_FILE, STATE_DIR, read_meta
 from kosent.config import TrainConfig, cache_home, from_dict, to_dict, with_absolute_paths
 from kosent.data import DataReport, Splits, make_splits
@@ -236,15 +236,9 @@ class TrainRunResult:
     checkpoint_uri: str = ""
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in str(path)
-
-
 def run_dir_of(cfg: TrainConfig) -> str:
     """``<storage_path>/<name>`` as a local absolute path or a URI."""
-    if _is_uri(cfg.storage_path):
-        return cfg.storage_path.rstrip("/") + "/" + str(cfg.name)
-    return str(Path(cfg.storage_path) / str(cfg.name))
+    return storage.join(cfg.storage_path, str(cfg.name))
 
 
 def _with_run_location(cfg: TrainConfig) -> TrainConfig:
@@ -252,30 +246,14 @@ def _with_run_location(cfg: TrainConfig) -> TrainConfig:
     local path absolute (``kosent.config.with_absolute_paths``)."""
     import dataclasses
 
-    storage = cfg.storage_path if _is_uri(cfg.storage_path) else str(Path(cfg.storage_path).expanduser().resolve())
     name = cfg.name or f"kosent-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-    return dataclasses.replace(with_absolute_paths(cfg), storage_path=storage, name=name)
-
-
-def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    if _is_uri(location):
-        return pyarrow.fs.FileSystem.from_uri(location)
-    return pyarrow.fs.LocalFileSystem(), location
+    return dataclasses.replace(with_absolute_paths(cfg), storage_path=storage.absolute(cfg.storage_path), name=name)
 
 
 def check_storage(storage_path: str) -> None:
     """Create ``storage_path`` and write, read back and delete a probe file, or say why not."""
-    probe_name = f".kosent-write-probe-{os.getpid()}-{time.time_ns()}"
     try:
-        fs, path = _filesystem(storage_path)
-        fs.create_dir(path, recursive=True)
-        probe = path.rstrip("/") + "/" + probe_name
-        with fs.open_output_stream(probe) as f:
-            f.write(b"ok")
-        with fs.open_input_stream(probe) as f:
-            if f.read() != b"ok":
-                raise OSError("probe file read back differently")
-        fs.delete_file(probe)
+        storage.check_writable(storage_path)
     except Exception as e:
         raise TrainSetupError(
             f"storage_path '{storage_path}' is not writable: {type(e).__name__}: {e}. "
@@ -359,15 +337,11 @@ def worker_resources(cfg: TrainConfig) -> dict[str, float]:
 
 
 def _read_text(location: str) -> str | None:
-    fs, path = _filesystem(location)
-    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as f:
-        return f.read().decode("utf-8")
+    return storage.read_text(location) if storage.kind(location) == "file" else None
 
 
 def _latest_snapshot_entry(run_dir: str) -> dict[str, Any] | None:
-    text = _read_text(run_dir.rstrip("/") + "/" + SNAPSHOT_FILE)
+    text = _read_text(storage.join(run_dir, SNAPSHOT_FILE))
     if text is None:
         return None
     return json.loads(text).get("latest_checkpoint_result")
@@ -376,12 +350,11 @@ def _latest_snapshot_entry(run_dir: str) -> dict[str, Any] | None:
 def check_run_folder(cfg: TrainConfig, fingerprint: str) -> str | None:
     """Apply the resume rules (module docstring). Returns the checkpoint folder a resume starts from."""
     run_dir = run_dir_of(cfg)
-    fs, path = _filesystem(run_dir)
-    info = fs.get_file_info(path)
-    if info.type == pyarrow.fs.FileType.File:
+    found = storage.kind(run_dir)
+    if found == "file":
         raise TrainSetupError(f"run folder {run_dir} exists and is a file, not a folder")
-    exists = info.type == pyarrow.fs.FileType.Directory
-    non_empty = exists and bool(fs.get_file_info(pyarrow.fs.FileSelector(path)))
+    exists = found == "folder"
+    non_empty = exists and not storage.is_empty(run_dir)
     if not cfg.resume:
         if non_empty:
             raise TrainSetupError(
@@ -395,7 +368,7 @@ def check_run_folder(cfg: TrainConfig, fingerprint: str) -> str | None:
     if latest is None:
         log.info(f"--resume: run {run_dir} has no checkpoint yet; starting it from scratch")
         return None
-    ckpt = run_dir.rstrip("/") + "/" + latest["checkpoint_dir_name"]
+    ckpt = storage.join(run_dir, latest["checkpoint_dir_name"])
     meta_text = _read_text(ckpt + "/" + META_FILE)
     if meta_text is None:
         raise TrainSetupError(f"--resume: latest checkpoint {ckpt} of run '{cfg.name}' has no {META_FILE}")
@@ -525,7 +498,7 @@ def fit(
     local = _local_copy(best_ckpt, str(cfg.name))
     best_metrics = read_meta(local)["metrics"]  # as the loop wrote them (the same keys Ray was given)
     uri = best_ckpt.path if isinstance(best_ckpt.filesystem, pyarrow.fs.LocalFileSystem) else (
-        run_dir.rstrip("/") + "/" + Path(best_ckpt.path).name
+        storage.join(run_dir, Path(best_ckpt.path).name)
     )
     return TrainRunResult(
         checkpoint=local,

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from kosent.config import cache_home, to_dict
+from kosent.storage import absolute, is_uri
 
 # MLflow 3 reports usage to mlflow-telemetry.io unless one of these is set (mlflow/telemetry/utils.py,
 # ``is_telemetry_disabled``); the server reads them too and then tells its UI not to report either.
@@ -74,10 +75,6 @@ class TrackingError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in str(path)
-
-
 def tracking_uri(setting: str | None, storage_path: str) -> str | None:
     """The tracking URI for a run whose folders live in ``storage_path``; None when tracking is off."""
     if setting is not None and setting.strip().lower() == OFF:
@@ -86,11 +83,11 @@ def tracking_uri(setting: str | None, storage_path: str) -> str | None:
         return _absolute_store(setting)
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return _absolute_store(os.environ["MLFLOW_TRACKING_URI"])
-    if _is_uri(storage_path):
+    if is_uri(storage_path):
         store = cache_home() / STORE_DIR
         log.info("tracking: storage %s is not a local folder; MLflow store at %s", storage_path, store)
     else:
-        store = Path(storage_path).expanduser().resolve() / STORE_DIR
+        store = Path(absolute(storage_path)) / STORE_DIR
     store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / STORE_DB}"
 
@@ -105,9 +102,9 @@ def _artifact_location(uri: str) -> str | None:
 
 def _absolute_store(uri: str) -> str:
     """A plain path becomes an absolute ``file://`` URI (Ray jobs change their working directory)."""
-    if _is_uri(uri) or uri.startswith(("sqlite:", "databricks", "postgresql", "mysql", "mssql")):
+    if is_uri(uri) or uri.startswith(("sqlite:", "databricks", "postgresql", "mysql", "mssql")):
         return uri
-    return Path(uri).expanduser().resolve().as_uri()
+    return Path(absolute(uri)).as_uri()
 
 
 def explicitly_requested(setting: str | None) -> bool:
@@ -475,7 +472,7 @@ def register(
     run: the registry then links the served model to its params, metrics and data fingerprint. ``tracking``
     overrides the manifest's tracking URI (``$MLFLOW_TRACKING_URI`` wins over the manifest's too).
     Returns ``{"name", "version", "run_id", "source", "alias", "tracking_uri", "model_uri"}``."""
-    from kosent.checkpoint import download_tree, is_uri
+    from kosent.checkpoint import copy_checkpoint
     from kosent.manifest import read_manifest
 
     doc = read_manifest(manifest)
@@ -495,10 +492,7 @@ def register(
     shutil.rmtree(staging, ignore_errors=True)
     folder = staging / CHECKPOINT_ARTIFACT
     try:
-        if is_uri(checkpoint):
-            download_tree(checkpoint, folder, skip=lambda rel: rel.split("/")[0] == "training_state")
-        else:
-            shutil.copytree(checkpoint, folder, ignore=shutil.ignore_patterns("training_state"))
+        copy_checkpoint(checkpoint, folder)
         client.log_artifacts(run_id, str(folder), CHECKPOINT_ARTIFACT)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

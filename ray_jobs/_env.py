@@ -29,6 +29,7 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from kosent.logs import add_verbosity_flags, level_from_args, setup  # noqa: E402
+from kosent.storage import is_uri  # noqa: E402
 
 setup()
 log = logging.getLogger("kosent.jobs")
@@ -52,7 +53,7 @@ def in_submitted_job() -> bool:
 def durable_path(path: str, what: str, fallback: Path) -> str:
     """``path``, or ``fallback`` for a relative local path inside a submitted job: it would land in the job's
     temporary working-dir copy and vanish with it."""
-    if "://" in path or Path(path).expanduser().is_absolute() or not in_submitted_job():
+    if is_uri(path) or Path(path).expanduser().is_absolute() or not in_submitted_job():
         return path
     log.warning(f"relative {what} '{path}' inside a submitted job: using {fallback} (pass an absolute path or a "
                 "URI to choose)")

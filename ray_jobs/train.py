@@ -49,14 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _upload(local_dir: Path, run_dir: str, names: list[str]) -> None:
-    import pyarrow.fs
-
-    fs, base = pyarrow.fs.FileSystem.from_uri(run_dir)
-    for name in names:
-        pyarrow.fs.copy_files(str(local_dir / name), f"{base}/{name}", destination_filesystem=fs)
-
-
 def main(argv: list[str] | None = None) -> int:
     from kosent import tracking
     from kosent.checkpoint import CheckpointError
@@ -92,14 +84,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _outputs(cfg: Any, splits: Any, result: Any, run: Any) -> int:
     """Test score, summary, curves and manifest of a finished run; all of it logged to ``run`` (when tracked)."""
-    from kosent import tracking
+    from kosent import storage, tracking
     from kosent.config import to_dict
     from kosent.evaluate import evaluate_checkpoint
     from kosent.manifest import write_manifest
     from kosent.plots import plot_learning_curves
 
     test = evaluate_checkpoint(result.checkpoint, list(splits.test["text"]), list(splits.test["label"]))
-    remote = "://" in result.run_dir
+    remote = storage.is_uri(result.run_dir)
     out_dir = Path(tempfile.mkdtemp(prefix="kosent-run-")) if remote else Path(result.run_dir)
     cfg_dict = to_dict(cfg) | {"name": result.name}
     summary = {
@@ -122,7 +114,8 @@ def _outputs(cfg: Any, splits: Any, result: Any, run: Any) -> int:
     write_manifest(out_dir / "manifest.json", result.checkpoint, val_metrics=result.metrics,
                    test_metrics=test, source="train", extra=extra or None)
     if remote:
-        _upload(out_dir, result.run_dir, ["summary.json", "curves.png", "manifest.json"])
+        for name in ("summary.json", "curves.png", "manifest.json"):
+            storage.copy_files(out_dir / name, storage.join(result.run_dir, name))
     if run is not None:
         run.set_name(result.name)
         if cfg.name is None:

@@ -186,8 +186,9 @@ def _find(path: str, base: Path | None = None) -> Path:
 
 def _read_manifest(location: str) -> dict[str, Any]:
     """A manifest file, local or on object storage (checked like ``kosent.manifest.read_manifest``)."""
-    from kosent.checkpoint import is_uri, read_checked_json
+    from kosent.checkpoint import read_checked_json
     from kosent.manifest import ManifestError, read_manifest
+    from kosent.storage import is_uri
 
     if not is_uri(location):
         return read_manifest(location)
@@ -203,8 +204,9 @@ def resolve_remote(source: str, fetch: bool = True) -> dict[str, Any]:
     ``manifest.json``) or a checkpoint prefix (holding ``kosent.json``). With ``fetch`` the checkpoint is
     copied to this node's cache (``kosent.checkpoint.fetch_checkpoint``) and ``checkpoint`` is that folder;
     without, only its ``kosent.json`` is checked (the builder does this; every replica fetches)."""
-    from kosent.checkpoint import META_FILE, exists, fetch_checkpoint, is_uri, read_meta
+    from kosent.checkpoint import META_FILE, fetch_checkpoint, read_meta
     from kosent.manifest import MANIFEST_FILE
+    from kosent.storage import exists, is_uri
 
     source = source.rstrip("/")
     manifest = None
@@ -251,8 +253,9 @@ def resolve_source(source: str, fetch: bool = True, tracking: str | None = None)
     """``{"source", "manifest" (or None), "checkpoint"}`` for a manifest file/folder, a checkpoint folder
     (a URI too: :func:`resolve_remote`) or a registered model version (:func:`resolve_registered`, looked
     up in the registry at ``tracking``)."""
-    from kosent.checkpoint import META_FILE, is_uri, read_meta
+    from kosent.checkpoint import META_FILE, read_meta
     from kosent.manifest import MANIFEST_FILE, read_manifest
+    from kosent.storage import is_uri
     from kosent.tracking import is_registry_uri
 
     if is_registry_uri(source):
@@ -286,9 +289,10 @@ def resolve_models(models: ModelSet, fetch: bool = True) -> tuple[dict[str, dict
 
 
 def _absolute(source: str) -> str:
+    from kosent.storage import is_uri
     from kosent.tracking import is_registry_uri
 
-    return source if "://" in source or is_registry_uri(source) else str(_find(source))
+    return source if is_uri(source) or is_registry_uri(source) else str(_find(source))
 
 
 def serving_config(args: ServeArgs) -> dict[str, Any]:

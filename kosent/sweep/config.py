@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import Field
 
-from kosent.checkpoint import exists, is_uri, read_text, write_text
 from kosent.config import TrainConfig, absolute_local, cache_home, config_dataclass, from_dict, to_dict
 from kosent.logs import level_from_env
+from kosent.storage import absolute, exists, is_uri, join, read_text, write_text
 
 SWEEP_FILE = "sweep.json"
 TRIAL_FILE = "kosent_trial.json"  # written by a trial when it starts: its config and split sizes
@@ -264,15 +264,13 @@ def sweep_dir(sweep: SweepConfig) -> Path:
         raise SweepError("the sweep has no name")
     if is_uri(sweep.storage_path):
         return cache_home() / "remote" / "sweeps" / sweep.name
-    return Path(sweep.storage_path).expanduser().resolve() / sweep.name
+    return Path(absolute(sweep.storage_path)) / sweep.name
 
 
 def sweep_location(sweep: SweepConfig) -> str:
     """Where Tune keeps the sweep: ``<storage_path>/<name>``, a local folder or a URI."""
-    if is_uri(sweep.storage_path):
-        sweep_dir(sweep)  # checks the name
-        return f"{sweep.storage_path.rstrip('/')}/{sweep.name}"
-    return str(sweep_dir(sweep))
+    sweep_dir(sweep)  # checks the name
+    return join(absolute(sweep.storage_path), sweep.name)
 
 
 def trial_config(base: TrainConfig, lr: float, scale: int, worker_cpus: float, runs: str | Path, trial_id: str,
@@ -284,7 +282,7 @@ def trial_config(base: TrainConfig, lr: float, scale: int, worker_cpus: float, r
         **(grid or {}),
         lr=float(lr),
         cpus_per_worker=worker_cpus,
-        storage_path=str(runs) if is_uri(runs) else str(Path(runs).resolve()),
+        storage_path=absolute(runs),
         name=trial_id,
         data=dataclasses.replace(base.data, scale=int(scale)),
     )

@@ -9,9 +9,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from kosent.checkpoint import is_uri, upload
 from kosent.config import TrainConfig, to_dict
 from kosent.metrics import BEST_METRIC, BEST_MODE
+from kosent.storage import copy_files, is_uri
 from kosent.sweep.config import (
     TRIAL_FILE,
     SweepConfig,
@@ -124,7 +124,7 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
 
         for local in (table_csv, table_md, path / "asha.json", path / "plots", manifest):
             if local is not None and Path(local).exists():
-                upload(local, where(local))
+                copy_files(local, where(local))
         manifest = f"{location}/{MANIFEST_FILE}" if manifest is not None else None
         log.info(f"sweep outputs uploaded to {location} (local copy: {path})")
     if run is not None:

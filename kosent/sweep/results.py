@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kosent.checkpoint import download_tree, exists, is_uri
+from kosent.checkpoint import META_FILE
 from kosent.config import TrainConfig
 from kosent.metrics import BEST_METRIC, BEST_MODE
+from kosent.storage import copy_files, exists, is_uri
 from kosent.sweep.config import ERROR_FILE, FINISHED_FILE, TABLE_COLUMNS, TRAIN_RUNS
 from kosent.sweep.trial import ERROR_LINE
 
@@ -187,8 +188,6 @@ def _tune_error(trial_path: Path) -> str:
 
 def _checkpoint_present(checkpoint: str) -> bool:
     if is_uri(checkpoint):
-        from kosent.checkpoint import META_FILE
-
         return exists(f"{checkpoint.rstrip('/')}/{META_FILE}")
     return Path(checkpoint).is_dir()
 
@@ -200,7 +199,7 @@ def mirror(location: str, local: Path) -> None:
 
     shutil.rmtree(local, ignore_errors=True)
     local.mkdir(parents=True)
-    download_tree(location, local, skip=lambda rel: any(re.fullmatch(r"epoch_\d+", part)
+    copy_files(location, local, skip=lambda rel: any(re.fullmatch(r"epoch_\d+", part)
                                                         for part in rel.split("/")[:-1]))
 
 

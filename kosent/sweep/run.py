@@ -7,13 +7,13 @@ import logging
 import time
 from pathlib import Path
 
-from kosent.checkpoint import is_uri
 from kosent.config import TrainConfig, to_dict, with_absolute_paths
 from kosent.metrics import BEST_METRIC, BEST_MODE
+from kosent.storage import is_uri
 from kosent.sweep.config import (
     SweepConfig,
     SweepError,
-        absolute_grid,
+    absolute_grid,
     check_grid,
     concurrency,
     load_sweep,

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kosent.checkpoint import delete_file, exists, is_uri, write_text
 from kosent.config import TrainConfig, from_dict, to_dict, utc_now
+from kosent.storage import delete_file, exists, is_uri, write_text
 from kosent.sweep.config import (
     ERROR_FILE,
     FINISHED_FILE,

@@ -16,6 +16,7 @@ import pytest
 
 from kosent import data
 from kosent.config import DataConfig
+from kosent.data.splits import _stratified_order
 from kosent.text import normalize
 
 
@@ -440,13 +441,13 @@ def test_bad_split_settings():
 
 def test_stratified_order_prefixes_are_balanced():
     labels = np.array([0] * 700 + [1] * 200 + [2] * 100)
-    order = data._stratified_order(labels, seed=3)
+    order = _stratified_order(labels, seed=3)
     assert sorted(order.tolist()) == list(range(1000))
     for m in (10, 50, 333, 1000):
         counts = Counter(labels[order[:m]].tolist())
         for c, share in ((0, 0.7), (1, 0.2), (2, 0.1)):
             assert abs(counts[c] - m * share) <= 1.5
-    assert not np.array_equal(order, data._stratified_order(labels, seed=4))
+    assert not np.array_equal(order, _stratified_order(labels, seed=4))
 
 
 def test_splits_save_load_round_trip(tmp_path):

@@ -1,8 +1,10 @@
-"""Checkpoints, manifests and sweep files on S3 (``s3://`` URIs), against moto's S3 server on 127.0.0.1.
+"""kosent.storage on a local folder and on S3 (``s3://`` URIs, moto's S3 server on 127.0.0.1), and the
+checkpoints, manifests and sweep files that live there.
 
-What multi-node runs rely on, without a Ray cluster: kosent.checkpoint's storage helpers (read, write,
-fetch a checkpoint into the local cache once), ``Predictor.from_checkpoint`` on a URI, Serve's resolution of
-a manifest or checkpoint URI, and the sweep's local mirror that leaves checkpoints in the bucket.
+What multi-node runs rely on, without a Ray cluster: kosent.storage (read, write, copy, the same checks on
+both sides), kosent.checkpoint's fetch of a checkpoint into the local cache
+once, ``Predictor.from_checkpoint`` on a URI, Serve's resolution of a manifest or checkpoint URI, and the
+sweep's local mirror that leaves checkpoints in the bucket.
 tests/integration/test_multinode.py runs the whole thing on a real three-node cluster.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -17,13 +20,21 @@ from kosent.checkpoint import (
     META_FILE,
     STATE_DIR,
     CheckpointError,
-    delete_file,
-    exists,
     fetch_checkpoint,
     read_meta,
-    read_text,
     save_checkpoint,
-    upload,
+)
+from kosent.storage import (
+    absolute,
+    check_writable,
+    copy_files,
+    delete_file,
+    exists,
+    is_empty,
+    is_uri,
+    join,
+    kind,
+    read_text,
     write_text,
 )
 
@@ -72,13 +83,69 @@ def test_text_files_on_s3(env):
         read_text(location)
 
 
+@pytest.fixture(params=["local", "s3"])
+def base(request, tmp_path):
+    """A fresh folder: local, or a prefix in the moto bucket (the same assertions hold on both)."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("env")
+
+
+@pytest.mark.timeout(120)
+def test_locations_are_named_and_inspected_alike(base):
+    assert is_uri(base) == base.startswith("s3://")
+    assert join(base, "runs", "r1") == (f"{base}/runs/r1" if is_uri(base) else str(Path(base) / "runs" / "r1"))
+    assert absolute(base) == base and absolute("x") == str(Path.cwd() / "x")
+    assert kind(base) is None and is_empty(base) and not exists(base)
+    write_text(join(base, "a", "b.txt"), "가")
+    assert kind(join(base, "a")) == "folder" and kind(join(base, "a", "b.txt")) == "file"
+    assert not is_empty(join(base, "a")) and read_text(join(base, "a", "b.txt")) == "가"
+    check_writable(join(base, "runs"))  # leaves no probe behind
+    assert is_empty(join(base, "runs"))
+
+
+@pytest.mark.timeout(120)
+def test_copy_files_any_direction_skips_and_overwrites(base, tiny_checkpoint, tmp_path):
+    def skip_state(rel: str) -> bool:
+        return rel.split("/", 1)[0] == STATE_DIR
+
+    want = sorted(p.relative_to(tiny_checkpoint).as_posix() for p in tiny_checkpoint.rglob("*")
+                  if p.is_file() and STATE_DIR not in p.parts)
+    up = join(base, "up")
+    written = copy_files(tiny_checkpoint, up, skip=skip_state)
+    assert sorted(written) == sorted(join(up, rel) for rel in want)
+    there = join(base, "there")
+    copy_files(up, there)  # within one side
+    down = tmp_path / "down"
+    copy_files(there, down)
+    got = sorted(p.relative_to(down).as_posix() for p in down.rglob("*") if p.is_file())
+    assert got == want
+    assert (down / META_FILE).read_bytes() == (tiny_checkpoint / META_FILE).read_bytes()
+    copy_files(tiny_checkpoint / "config.json", join(base, "one", "config.json"))  # a single file
+    assert read_text(join(base, "one", "config.json")) == (tiny_checkpoint / "config.json").read_text()
+    write_text(join(base, "one", "config.json"), "{}")
+    copy_files(tiny_checkpoint / "config.json", join(base, "one", "config.json"))
+    assert read_text(join(base, "one", "config.json")) != "{}"
+    with pytest.raises(FileNotFoundError, match="nothing there to copy"):
+        copy_files(join(base, "missing"), tmp_path / "x")
+
+
+@pytest.mark.timeout(60)
+def test_an_unwritable_storage_path_is_refused_before_a_run(tmp_path):
+    from kosent.ray_train import TrainSetupError, check_storage
+
+    (tmp_path / "a-file").write_text("not a folder")  # unwritable below it for every user, root included
+    with pytest.raises(TrainSetupError, match=r"storage_path '.*a-file/runs' is not writable: .*--storage-path"):
+        check_storage(str(tmp_path / "a-file" / "runs"))
+
+
 @pytest.mark.timeout(180)
 def test_checkpoint_on_s3_is_read_in_place_fetched_once_and_predicts(env, tiny_checkpoint, tmp_path):
     from kosent.config import cache_home
     from kosent.predict import Predictor
 
     uri = f"{env}/runs/r1/epoch_1"
-    upload(tiny_checkpoint, uri)
+    copy_files(tiny_checkpoint, uri)
     assert read_meta(uri)["label_names"] == ["negative", "positive"]
     local = fetch_checkpoint(uri)
     assert local.parent == cache_home() / "remote" / "checkpoints" and local.name.startswith("epoch_1-")
@@ -105,10 +172,10 @@ def test_serve_resolves_manifests_and_checkpoints_on_s3(env, tiny_checkpoint, tm
     from serve.app import ServeArgs, resolve_source, serving_config
 
     ckpt = f"{env}/runs/r2/epoch_1"
-    upload(tiny_checkpoint, ckpt)
+    copy_files(tiny_checkpoint, ckpt)
     manifest = write_manifest(tmp_path / "manifest.json", ckpt, val_metrics={"val_macro_f1": 0.5})
     assert json.loads(manifest.read_text())["checkpoint"] == ckpt  # named by URI, label map read from S3
-    upload(manifest, f"{env}/sweep/manifest.json")
+    copy_files(manifest, f"{env}/sweep/manifest.json")
 
     # The builder only checks (no download); replicas fetch into their node's cache.
     checked = resolve_source(f"{env}/sweep/manifest.json", fetch=False)

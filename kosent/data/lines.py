@@ -1,0 +1,138 @@
+"""Bytes, lines, columns and labels: the small steps every reader shares.
+
+Bytes are read once and hashed; lines are split on LF and decoded one by one, so one bad byte costs one
+row, not the file; a missing column is an error naming the columns there and the flag that picks one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kosent.data.report import DataError, _Builder
+
+NSMC_LABEL_NAMES = ["negative", "positive"]
+KMHAS_LABEL_NAMES = ["hate", "not_hate"]
+DEFAULT_LABEL_NAMES = NSMC_LABEL_NAMES
+# Column names that hold the text in well-known corpora; used for suggestions and for read_hf's
+# automatic choice when no text column is named.
+_TEXT_COLUMN_GUESSES = ("text", "document", "sentence", "content", "review", "comment", "comments")
+_LABEL_COLUMN_GUESSES = ("label", "labels", "sentiment", "target")
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected a data file")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: file is empty")
+    return raw
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _lines(raw: bytes) -> list[bytes]:
+    """Physical lines split on LF only (a CR before it is dropped), without a trailing empty line."""
+    lines = raw.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _decode_header(path: Path, line: bytes) -> str:
+    try:
+        return line.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: line 1 (the header) is not valid UTF-8 ({e.reason} at byte {e.start}); "
+            "convert the file to UTF-8, e.g. `iconv -f cp949 -t utf-8 in.txt > out.txt`"
+        ) from e
+
+
+def _decoded_body(lines: list[bytes], builder: _Builder) -> Iterator[tuple[int, str]]:
+    """Yield (1-based line number, text) for every line after the header; count undecodable ones."""
+    for lineno, line in enumerate(lines[1:], start=2):
+        try:
+            yield lineno, line.decode("utf-8")
+        except UnicodeDecodeError:
+            builder.skip("undecodable_bytes", lineno)
+
+
+def _column_error(path: Any, wanted: str, columns: list[str], role: str) -> DataError:
+    msg = f"{path}: no column '{wanted}'; columns are: {', '.join(map(str, columns)) or '(none)'}"
+    guesses = _TEXT_COLUMN_GUESSES if role == "text" else _LABEL_COLUMN_GUESSES
+    hint = next((c for c in guesses if c in columns and c != wanted), None)
+    if hint:
+        msg += f" (use {role}_column='{hint}', flag --{role}-column {hint})"
+    return DataError(msg)
+
+
+def _require_columns(path: Any, columns: list[str], wanted: dict[str, str]) -> dict[str, int]:
+    """Positions of the wanted columns in ``columns``; ``wanted`` maps role (text/label/...) -> name."""
+    positions = {}
+    for role, name in wanted.items():
+        if name not in columns:
+            raise _column_error(path, name, columns, role)
+        positions[role] = columns.index(name)
+    return positions
+
+
+_BINARY_STRINGS = {"0": 0, "1": 1}
+
+
+def _binary_label(value: Any) -> int | None:
+    """0/1 as ints (not bools), integral floats, or the strings "0"/"1"."""
+    if type(value) is str:  # the common case first: every text format yields strings
+        return _BINARY_STRINGS.get(value.strip())
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value) if value in (0, 1) else None
+    if isinstance(value, (float, np.floating)):
+        return int(value) if value in (0.0, 1.0) else None
+    if isinstance(value, str):
+        s = value.strip()
+        return int(s) if s in ("0", "1") else None
+    return None
+
+
+def _label_key(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _label_parser(label_map: dict[str, int] | None) -> tuple[Callable[[Any], int | None], list[str]]:
+    """The function turning a raw label into an int, and the label names it implies."""
+    if label_map is None:
+        return _binary_label, list(DEFAULT_LABEL_NAMES)
+    if not isinstance(label_map, dict) or not label_map:
+        raise DataError(f"label_map must be a non-empty mapping of raw label -> int, got {label_map!r}")
+    mapping: dict[str, int] = {}
+    for key, value in label_map.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise DataError(f"label_map[{key!r}] must be an integer class id, got {value!r}")
+        mapping[_label_key(key)] = int(value)
+    ids = sorted(set(mapping.values()))
+    if ids != list(range(len(ids))) or len(ids) < 2:
+        raise DataError(
+            f"label_map values must be the class ids 0..n-1 with n >= 2, got {sorted(set(mapping.values()))}"
+        )
+    names = [next(k for k, v in mapping.items() if v == i) for i in ids]
+
+    def parse(value: Any) -> int | None:
+        key = _label_key(value)
+        return None if key is None else mapping.get(key)
+
+    return parse, names
+

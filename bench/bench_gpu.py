@@ -144,6 +144,8 @@ def run_with_ray(cfg: Any, splits: Any) -> tuple[list[dict], dict, str]:
         trainer = TorchTrainer(
             _ray_worker,
             train_loop_config=dict(base.train_loop_config) | {"bench_out": info_file},
+            datasets=base.datasets,
+            dataset_config=base.data_config,
             scaling_config=base.scaling_config,
             run_config=base.run_config,
         )

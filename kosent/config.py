@@ -64,10 +64,10 @@ class DataConfig:
     is ``train_size * scale`` rows of the rest, and larger scales contain the smaller ones.
     """
 
-    source: str = Field("nsmc", description="the dataset: nsmc, kmhas, a local .csv/.tsv/.txt/.jsonl/.parquet file, "
-                        "hf:<dataset id>, or an http(s):// URL (checked against --sha256)")
-    path: str | None = Field(None, description="a file or s3:// URI to read instead of the source's default "
-                             "location (nsmc and kmhas read from $KOSENT_DATA)")
+    source: str = Field("nsmc", description="the dataset: nsmc, kmhas, a .csv/.tsv/.txt/.jsonl/.parquet file (a "
+                        "path or an s3:// URI), hf:<dataset id>, or an http(s):// URL (checked against --sha256)")
+    path: str | None = Field(None, description="a file (kmhas: a folder) or s3:// URI to read instead of the "
+                             "source's default location (nsmc and kmhas read from $KOSENT_DATA)")
     text_column: str = Field("text", description="column holding the text in a table source")
     label_column: str = Field("label", description="column holding the label in a table source")
     label_map: dict[str, int] | None = Field(None, description="label value -> class id, as JSON or KEY=ID pairs "

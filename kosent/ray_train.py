@@ -52,7 +52,8 @@ from ray.train.torch import TorchTrainer
 from kosent import distill, storage
 from kosent.checkpoint import META_FILE, STATE_DIR, read_meta
 from kosent.config import TrainConfig, cache_home, from_dict, to_dict, with_absolute_paths
-from kosent.data import DataReport, Splits, make_splits
+from kosent.data import DataReport, Splits, make_splits, streaming
+from kosent.data.splits import as_dataset
 from kosent.logs import LEVEL_ENV, QUIET_LIBRARY_ENV
 from kosent.logs import setup as setup_logging
 from kosent.metrics import BEST_METRIC, BEST_MODE
@@ -169,45 +170,37 @@ class RaySession(Session):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _splits_payload(splits: Splits) -> dict[str, Any]:
-    """Plain lists (no shared filesystem needed on other nodes); the test split stays on the driver."""
+def _splits_payload(splits: Splits, names: list[str]) -> dict[str, Any]:
+    """What workers need besides the rows, which reach them as Ray Datasets (``kosent.data.streaming``)."""
     return {
-        "train": {"text": list(splits.train["text"]), "label": [int(x) for x in splits.train["label"]]},
-        "validation": {
-            "text": list(splits.validation["text"]),
-            "label": [int(x) for x in splits.validation["label"]],
-        },
         "label_names": list(splits.label_names),
         "fingerprint": splits.fingerprint,
         "report": splits.report.to_dict(),
-        "unlabelled": list(splits.unlabelled),
+        "datasets": names,
     }
 
 
-def _dataset(texts: list[str], labels: list[int]) -> Any:
-    import datasets
-
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
-    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
-
-
-def _splits_from_payload(payload: dict[str, Any]) -> Splits:
+def _worker_splits(payload: dict[str, Any]) -> Splits:
+    """This worker's splits: its shard of train (and of unlabelled), all of validation, no test rows."""
+    unlabelled = []
+    if "unlabelled" in payload["datasets"]:
+        unlabelled = streaming.read_shard("unlabelled", columns=("text",)).column("text").to_pylist()
     return Splits(
-        train=_dataset(payload["train"]["text"], payload["train"]["label"]),
-        validation=_dataset(payload["validation"]["text"], payload["validation"]["label"]),
-        test=_dataset([], []),
+        train=streaming.shard_as_dataset("train"),
+        validation=streaming.shard_as_dataset("validation"),
+        test=as_dataset([], []),
         label_names=list(payload["label_names"]),
         fingerprint=payload["fingerprint"],
         report=DataReport.from_dict(payload["report"]),
-        unlabelled=list(payload.get("unlabelled", [])),
+        unlabelled=unlabelled,
     )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """What every Ray Train worker runs: rebuild the config and the splits from plain data, then the loop."""
+    """What every Ray Train worker runs: rebuild the config, read this worker's shards, then the loop."""
     setup_logging()  # kosent's format and level ($KOSENT_LOG_LEVEL, from _worker_env) in this worker process
     cfg = from_dict(TrainConfig, config["train_config"])
-    splits = _splits_from_payload(config["splits"])
+    splits = _worker_splits(config["splits"])
     if cfg.threads is None:
         # Ray sets OMP_NUM_THREADS to the worker's CPU count; torch may have read it before, so set it.
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cfg.cpus_per_worker or 1)))
@@ -408,11 +401,14 @@ def build_trainer(
     """The TorchTrainer for ``cfg``; runs at ``<storage_path>/<name>`` (see the module docstring on resume)."""
     cfg = _with_run_location(cfg)
     resources = worker_resources(cfg)
-    splits = distill.with_unlabelled(cfg, splits)  # a teacher scores them in each worker, on its device
-    config: dict[str, Any] = {"train_config": to_dict(cfg), "splits": _splits_payload(splits)}
+    splits = distill.with_unlabelled(cfg, splits)  # each worker's teacher scores its shard, on its device
+    datasets = streaming.to_ray_datasets(splits)
+    config: dict[str, Any] = {"train_config": to_dict(cfg), "splits": _splits_payload(splits, list(datasets))}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
+        datasets=datasets,
+        dataset_config=streaming.data_config(list(datasets)),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
         ),

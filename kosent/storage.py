@@ -8,7 +8,8 @@ imports :func:`is_uri` (through ``kosent.config``), and most never open storage.
 
     is_uri, absolute, join      naming a location
     read_text, write_text       one small file (JSON, a manifest), local or in storage
-    exists, kind, is_empty, delete_file
+    open_input                  a file to read in chunks or at random (data files, Parquet)
+    exists, kind, is_empty, list_files, delete_file
     check_writable              write, read back and delete a probe file: fail before a run starts
     copy_files                  a file or a folder (a checkpoint, a run's outputs), anywhere to anywhere
 """
@@ -20,7 +21,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 if TYPE_CHECKING:
     import pyarrow.fs
@@ -69,6 +70,15 @@ def read_text(location: str | os.PathLike) -> str:
         raise FileNotFoundError(f"{location}: not found") from e
 
 
+def open_input(location: str | os.PathLike) -> BinaryIO:
+    """A seekable binary file to read (a context manager): large data files are read through this in chunks,
+    never whole, and Parquet reads only the row groups it needs."""
+    if not is_uri(location):
+        return open(location, "rb")
+    fs, path = filesystem(location)
+    return fs.open_input_file(path)
+
+
 def write_text(location: str | os.PathLike, text: str) -> None:
     """Write a local file (making its folder) or an object in storage."""
     if not is_uri(location):
@@ -104,6 +114,16 @@ def is_empty(location: str | os.PathLike) -> bool:
 
     fs, path = filesystem(location)
     return not fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+
+
+def list_files(location: str | os.PathLike) -> list[str]:
+    """The files directly in the folder ``location`` (not in its subfolders), sorted by name, as locations."""
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path.rstrip("/"), allow_not_found=True))
+    names = sorted(i.base_name for i in infos if i.type == pyarrow.fs.FileType.File)
+    return [join(location, name) for name in names]
 
 
 def delete_file(location: str | os.PathLike) -> None:

@@ -1,8 +1,9 @@
 """The one training loop: the same function runs in a single process and inside every Ray Train worker.
 
-Where it runs is hidden behind a small ``Session`` (rank, device, how to report and restore); the loop
-itself reads top to bottom: build model -> tokenize once -> for each epoch: train, evaluate, report a
-checkpoint, maybe stop early. ``kosent.ray_train`` supplies the Ray session; ``fit_local`` the local one.
+Where it runs is hidden behind a small ``Session`` (rank, device, how to report and restore) and the splits
+it is given (a Ray Train worker gets its own shard of the training rows); the loop itself reads top to
+bottom: build model -> tokenize once -> for each epoch: train, evaluate, report a checkpoint, maybe stop
+early. ``kosent.ray_train`` supplies the Ray session; ``fit_local`` the local one.
 """
 
 from __future__ import annotations
@@ -198,7 +199,9 @@ def train_loop(
     train_enc = distill.training_set(cfg, splits, tokenizer, session.device, quiet=session.rank != 0)
     val_enc = batches.encode(tokenizer, val["text"], val["label"], cfg.max_length)
 
-    steps_per_epoch = batches.num_batches(len(train_enc), cfg.batch_size, session.world_size)
+    # The rows are this process's own: all of them in one process, a Ray Train worker's equal shard
+    # (kosent.data.streaming), so every rank takes the same number of steps.
+    steps_per_epoch = batches.num_batches(len(train_enc), cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -221,8 +224,9 @@ def train_loop(
     if session.rank == 0:
         params = sum(p.numel() for p in model.parameters())
         log.info(
-            f"training {cfg.model} ({params / 1e6:.1f}M parameters) on {len(train_enc)} texts x {cfg.epochs} "
-            f"epochs, {session.world_size} worker(s), {steps_per_epoch} steps/epoch/worker, device {session.device}"
+            f"training {cfg.model} ({params / 1e6:.1f}M parameters) on {len(train_enc):,} texts per worker x "
+            f"{cfg.epochs} epochs, {session.world_size} worker(s), {steps_per_epoch} steps/epoch/worker, "
+            f"device {session.device}"
         )
     for epoch in range(start_epoch, cfg.epochs):
         wrapped.train()
@@ -231,10 +235,7 @@ def train_loop(
         t_step = t0
         confusion = np.zeros((len(label_names), len(label_names)), dtype=np.int64)  # [true, predicted]
         report_every = max(1, steps_per_epoch // 10)
-        stream = batches.iterate(
-            train_enc, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch,
-            rank=session.rank, world_size=session.world_size,
-        )
+        stream = batches.iterate(train_enc, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch)
         for i, (_, batch) in enumerate(stream):
             batch = {k: v.to(session.device) for k, v in batch.items()}
             targets = batch.pop("targets", None)  # distillation: train towards these, not the labels

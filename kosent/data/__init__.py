@@ -3,8 +3,9 @@ train / validation / test ``datasets.Dataset`` objects.
 
 Every reader follows the same rules:
 
-* Bytes are read once, hashed (``Table.raw_sha256``) and decoded line by line as UTF-8, so one bad
-  byte costs one row, not the file.
+* A file, local or on object storage (``s3://...``), is read once, in chunks (Parquet by row groups),
+  hashed on the way (``Table.raw_sha256``) and decoded line by line as UTF-8, so one bad byte costs one
+  row, not the file, and the reader holds only the rows it keeps.
 * A bad row is skipped and *counted* under a reason (``empty_text``, ``unknown_label``,
   ``wrong_field_count``, ``undecodable_bytes``, ...) with the first few 1-based line numbers (row
   numbers for parquet / Hugging Face data) in :class:`DataReport`; nothing is dropped silently and no
@@ -17,11 +18,13 @@ Every reader follows the same rules:
 The package, one stage a module (callers import from ``kosent.data`` alone):
 
     report.py    DataError, DataReport, Table and the row builder that applies the skip rules
-    lines.py     bytes, lines, columns and labels: the steps every reader shares
-    readers.py   local files: read_nsmc, read_kmhas, read_table (CSV/TSV/JSON lines/Parquet), read_path
+    lines.py     LineReader (chunked, hashed), columns and labels: the steps every reader shares
+    readers.py   files: read_nsmc, read_kmhas, read_table (CSV/TSV/JSON lines/Parquet), read_path
     remote.py    read_hf (Hugging Face hub), fetch_url / read_url (downloaded once, sha256-checked)
     sources.py   load_table: a DataConfig's source (nsmc, kmhas, hf:<id>, URL, path) -> Table
     splits.py    make_splits: de-duplicated, stratified, nested train / validation / test, fingerprinted
+    streaming.py splits as Ray Datasets, a Train worker's shard (imported by kosent.ray_train, not here:
+                 ``import kosent.data`` does not import Ray)
 """
 
 from kosent.data.lines import KMHAS_LABEL_NAMES, NSMC_LABEL_NAMES

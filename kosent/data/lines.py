@@ -1,18 +1,21 @@
 """Bytes, lines, columns and labels: the small steps every reader shares.
 
-Bytes are read once and hashed; lines are split on LF and decoded one by one, so one bad byte costs one
-row, not the file; a missing column is an error naming the columns there and the flag that picks one.
+Bytes are read once, in chunks, and hashed on the way (:class:`LineReader`); lines are split on LF and
+decoded one by one, so one bad byte costs one row, not the file, and a file larger than memory can be read;
+a missing column is an error naming the columns there and the flag that picks one.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from kosent import storage
 from kosent.data.report import DataError, _Builder
 
 NSMC_LABEL_NAMES = ["negative", "positive"]
@@ -24,27 +27,74 @@ _TEXT_COLUMN_GUESSES = ("text", "document", "sentence", "content", "review", "co
 _LABEL_COLUMN_GUESSES = ("label", "labels", "sentiment", "target")
 
 
-def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, expected a data file")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError(f"{path}: file is empty")
-    return raw
+CHUNK_BYTES = 1 << 20
 
 
-def _sha256(raw: bytes) -> str:
-    return hashlib.sha256(raw).hexdigest()
+def check_file(location: str | os.PathLike) -> None:
+    """A DataError naming ``location`` unless it is a file (local or on object storage)."""
+    found = storage.kind(location)
+    if found is None:
+        raise DataError(f"{location}: file not found")
+    if found == "folder":
+        raise DataError(f"{location}: is a folder, expected a data file")
 
 
-def _lines(raw: bytes) -> list[bytes]:
-    """Physical lines split on LF only (a CR before it is dropped), without a trailing empty line."""
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+def file_sha256(location: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in chunks (local or on object storage)."""
+    digest = hashlib.sha256()
+    with storage.open_input(location) as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class LineReader:
+    """The physical lines of a file, local or on object storage, read in 1 MiB chunks and hashed on the way.
+
+    Lines are split on LF only (a CR before it is dropped), without a trailing empty line; iterating yields
+    them from line 1, once. Memory is one chunk, not the file: a reader keeps only the rows it accepts.
+    Opening raises :class:`DataError` for a missing file, a folder, or a file with nothing but whitespace.
+    ``sha256`` is the hash of the whole file (the rest is read if iteration stopped early).
+    """
+
+    def __init__(self, location: str | os.PathLike):
+        check_file(location)
+        self.location = location
+        self._digest = hashlib.sha256()
+        self._lines = self._read()
+        self._ahead: list[bytes] = []  # the leading blank lines and the first non-blank one, read to check
+        for line in self._lines:
+            self._ahead.append(line)
+            if line.strip():
+                break
+        else:
+            raise DataError(f"{location}: file is empty")
+
+    def _read(self) -> Iterator[bytes]:
+        with storage.open_input(self.location) as f:
+            carry = b""
+            while chunk := f.read(CHUNK_BYTES):
+                self._digest.update(chunk)
+                *lines, carry = (carry + chunk).split(b"\n")
+                for line in lines:
+                    yield line[:-1] if line.endswith(b"\r") else line
+            if carry:
+                yield carry[:-1] if carry.endswith(b"\r") else carry
+
+    def __iter__(self) -> Iterator[bytes]:
+        ahead, self._ahead = self._ahead, []
+        yield from ahead
+        yield from self._lines
+
+    def first_byte(self) -> bytes:
+        """The first non-whitespace byte of the file (``[`` tells a JSON array from JSON lines)."""
+        return self._ahead[-1].lstrip()[:1] if self._ahead else b""
+
+    @property
+    def sha256(self) -> str:
+        for _ in self._lines:
+            pass
+        return self._digest.hexdigest()
 
 
 def _decode_header(path: Path, line: bytes) -> str:
@@ -57,9 +107,9 @@ def _decode_header(path: Path, line: bytes) -> str:
         ) from e
 
 
-def _decoded_body(lines: list[bytes], builder: _Builder) -> Iterator[tuple[int, str]]:
+def _decoded_body(body: Iterable[bytes], builder: _Builder) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, text) for every line after the header; count undecodable ones."""
-    for lineno, line in enumerate(lines[1:], start=2):
+    for lineno, line in enumerate(body, start=2):
         try:
             yield lineno, line.decode("utf-8")
         except UnicodeDecodeError:

@@ -1,28 +1,34 @@
-"""Readers of local files: NSMC, K-MHaS, a user's CSV / TSV / JSON lines / Parquet table, and
+"""Readers of data files: NSMC, K-MHaS, a user's CSV / TSV / JSON lines / Parquet table, and
 :func:`read_path` that picks one by the file's name; :func:`concat_tables` joins several.
+
+A file may be local or on object storage (``s3://bucket/data/ratings_train.txt``, through
+:mod:`kosent.storage`). Text files are read line by line in chunks and Parquet row group by row group,
+so a reader holds the rows it keeps, never the file's bytes; a JSON array is the one format read whole.
 """
 
 from __future__ import annotations
 
 import csv
 import fnmatch
+import hashlib
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kosent import storage
 from kosent.data.lines import (
     KMHAS_LABEL_NAMES,
     NSMC_LABEL_NAMES,
+    LineReader,
     _binary_label,
     _decode_header,
     _decoded_body,
     _label_parser,
-    _lines,
-    _read_bytes,
     _require_columns,
-    _sha256,
+    check_file,
+    file_sha256,
 )
 from kosent.data.report import DataError, DataReport, Table, _Builder, _text_stats
 
@@ -33,6 +39,16 @@ NSMC_URL = "https://raw.githubusercontent.com/e9t/nsmc/master/ratings_train.txt"
 KMHAS_URL = "https://raw.githubusercontent.com/adlnlp/K-MHaS/main/data/kmhas_{split}.txt"
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".json", ".parquet")
+PARQUET_BATCH_ROWS = 65_536
+
+
+def _location(path: str | os.PathLike) -> str | Path:
+    """A URI as given (``Path`` would fold its ``//``); a local path as a ``Path``."""
+    return str(path) if storage.is_uri(path) else Path(path)
+
+
+def _name(path: str | Path) -> str:
+    return path.name if isinstance(path, Path) else path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def read_nsmc(path: str | os.PathLike) -> Table:
@@ -42,21 +58,21 @@ def read_nsmc(path: str | os.PathLike) -> Table:
     them with CSV quoting would silently change or merge them. Labels: 0 negative, 1 positive.
     ``extra["id"]`` holds the review ids of the kept rows.
     """
-    path = Path(path)
-    raw = _read_bytes(path)
-    lines = _lines(raw)
-    columns = [c.strip() for c in _decode_header(path, lines[0]).split("\t")]
+    path = _location(path)
+    lines = LineReader(path)
+    body = iter(lines)
+    columns = [c.strip() for c in _decode_header(path, next(body)).split("\t")]
     pos = _require_columns(path, columns, {"id": "id", "text": "document", "label": "label"})
     builder = _Builder(str(path), _binary_label, ["id"])
     n_fields = len(columns)
     i_id, i_text, i_label = pos["id"], pos["text"], pos["label"]
-    for lineno, line in _decoded_body(lines, builder):
+    for lineno, line in _decoded_body(body, builder):
         fields = line.split("\t")
         if len(fields) != n_fields:
             builder.skip("blank_line" if not line.strip() else "wrong_field_count", lineno)
             continue
         builder.add(lineno, fields[i_text], fields[i_label], {"id": fields[i_id]})
-    return builder.finish(path, NSMC_LABEL_NAMES, _sha256(raw))
+    return builder.finish(path, NSMC_LABEL_NAMES, lines.sha256)
 
 
 def _kmhas_label(value: Any) -> int | None:
@@ -88,30 +104,30 @@ def read_kmhas(path: str | os.PathLike) -> Table:
     target: ``8`` -> 1 (``not_hate``), any other ids -> 0 (``hate``). The original label string is
     kept in ``extra["kmhas_labels"]``.
     """
-    path = Path(path)
-    raw = _read_bytes(path)
-    lines = _lines(raw)
-    columns = _split_tsv_line(_decode_header(path, lines[0]), csv.QUOTE_MINIMAL) or []
+    path = _location(path)
+    lines = LineReader(path)
+    body = iter(lines)
+    columns = _split_tsv_line(_decode_header(path, next(body)), csv.QUOTE_MINIMAL) or []
     columns = [c.strip() for c in columns]
     pos = _require_columns(path, columns, {"text": "document", "label": "label"})
     builder = _Builder(str(path), _kmhas_label, ["kmhas_labels"])
-    _read_delimited_lines(path, lines, columns, pos, builder, label_extra="kmhas_labels")
-    return builder.finish(path, KMHAS_LABEL_NAMES, _sha256(raw))
+    _read_delimited_lines(body, columns, pos, builder, label_extra="kmhas_labels")
+    return builder.finish(path, KMHAS_LABEL_NAMES, lines.sha256)
 
 
 def _read_delimited_lines(
-    path: Path,
-    lines: list[bytes],
+    body: Iterator[bytes],
     columns: list[str],
     pos: dict[str, int],
     builder: _Builder,
     label_extra: str | None = None,
 ) -> None:
-    """Tab-separated, one record per physical line (a stray quote damages one row, not the rest)."""
+    """Tab-separated, one record per physical line after the header (a stray quote damages one row, not the
+    rest)."""
     n_fields = len(columns)
     i_text, i_label = pos["text"], pos["label"]
     other = [(i, c) for i, c in enumerate(columns) if i not in (i_text, i_label)]
-    for lineno, line in _decoded_body(lines, builder):
+    for lineno, line in _decoded_body(body, builder):
         if not line.strip():
             builder.skip("blank_line", lineno)
             continue
@@ -132,15 +148,16 @@ def _read_delimited_lines(
 
 
 def _read_csv_stream(
-    path: Path, lines: list[bytes], builder: _Builder, text_column: str, label_column: str
+    path: str | Path, lines: LineReader, builder: _Builder, text_column: str, label_column: str
 ) -> None:
     """Comma-separated with standard quoting; a quoted field may span lines, as CSV allows."""
-    numbered: list[int] = []
+    numbered: list[int] = []  # the line number of every line fed to csv (a record may span several)
+    body = iter(lines)
 
     def feed() -> Iterator[str]:
         numbered.append(1)
-        yield _decode_header(path, lines[0]) + "\n"
-        for lineno, text in _decoded_body(lines, builder):
+        yield _decode_header(path, next(body)) + "\n"
+        for lineno, text in _decoded_body(body, builder):
             numbered.append(lineno)
             yield text + "\n"
 
@@ -173,14 +190,13 @@ def _read_csv_stream(
         builder.add(lineno, fields[pos["text"]], fields[pos["label"]], {c: fields[i] for i, c in other})
 
 
-def _read_json_rows(path: Path, raw: bytes, builder: _Builder) -> list[tuple[int, dict]]:
-    """JSON lines (or one JSON array of objects): (1-based line or row number, object)."""
+def _read_json_rows(path: str | Path, lines: LineReader, builder: _Builder) -> list[tuple[int, dict]]:
+    """JSON lines (or one JSON array of objects, read whole): (1-based line or row number, object)."""
     rows: list[tuple[int, dict]] = []
-    head = raw.lstrip()[:1]
-    if head == b"[":
+    if lines.first_byte() == b"[":
         builder.report.unit = "row"
         try:
-            data = json.loads(raw.decode("utf-8-sig"))
+            data = json.loads(b"\n".join(lines).decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(f"{path}: not a valid JSON array: {e}") from e
         for n, obj in enumerate(data, start=1):
@@ -189,7 +205,7 @@ def _read_json_rows(path: Path, raw: bytes, builder: _Builder) -> list[tuple[int
             else:
                 builder.skip("invalid_json", n)
         return rows
-    for lineno, line in enumerate(_lines(raw), start=1):
+    for lineno, line in enumerate(lines, start=1):
         try:
             text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError:
@@ -239,53 +255,66 @@ def read_table(
     label names). Without it, labels must be 0/1 (ints or the strings ``"0"``/``"1"``) and the names
     are ``negative`` / ``positive``. Every other column is kept in ``Table.extra``.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
+    path = _location(path)
+    suffix = Path(_name(path)).suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise DataError(
             f"{path}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(TABLE_SUFFIXES)}"
         )
     parse_label, label_names = _label_parser(label_map)
-    raw = _read_bytes(path)
     builder = _Builder(str(path), parse_label, [])
     if suffix == ".parquet":
         _fill_from_parquet(path, builder, text_column, label_column)
-    elif suffix in (".jsonl", ".json"):
-        rows = _read_json_rows(path, raw, builder)
+        return builder.finish(path, label_names, file_sha256(path))
+    lines = LineReader(path)
+    if suffix in (".jsonl", ".json"):
+        rows = _read_json_rows(path, lines, builder)
         if not rows and not builder.report.rows_read:
             raise DataError(f"{path}: no JSON records")
         if rows:
             _fill_from_records(path, builder, rows, text_column, label_column)
     elif suffix == ".csv":
-        _read_csv_stream(path, _lines(raw), builder, text_column, label_column)
+        _read_csv_stream(path, lines, builder, text_column, label_column)
     else:
-        lines = _lines(raw)
-        header = _split_tsv_line(_decode_header(path, lines[0]), csv.QUOTE_MINIMAL) or []
+        body = iter(lines)
+        header = _split_tsv_line(_decode_header(path, next(body)), csv.QUOTE_MINIMAL) or []
         header = [c.strip() for c in header]
         pos = _require_columns(path, header, {"text": text_column, "label": label_column})
         builder.extra = {c: [] for i, c in enumerate(header) if i not in (pos["text"], pos["label"])}
-        _read_delimited_lines(path, lines, header, pos, builder)
-    return builder.finish(path, label_names, _sha256(raw))
+        _read_delimited_lines(body, header, pos, builder)
+    return builder.finish(path, label_names, lines.sha256)
 
 
-def _fill_from_parquet(path: Path, builder: _Builder, text_column: str, label_column: str) -> None:
+def _fill_from_parquet(path: str | Path, builder: _Builder, text_column: str, label_column: str) -> None:
+    """Row group by row group (``PARQUET_BATCH_ROWS`` rows at a time), so the file is never in memory whole."""
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a damaged file
-        raise DataError(f"{path}: cannot read as parquet: {type(e).__name__}: {e}") from e
-    names = list(table.column_names)
-    _require_columns(path, names, {"text": text_column, "label": label_column})
-    if table.num_rows == 0:
-        raise DataError(f"{path}: parquet file has no rows")
-    columns = {name: table.column(name).to_pylist() for name in names}
-    others = [c for c in names if c not in (text_column, label_column)]
-    builder.extra = {c: [] for c in others}
-    builder.report.unit = "row"
-    texts, labels = columns[text_column], columns[label_column]
-    for i in range(table.num_rows):
-        builder.add(i + 1, texts[i], labels[i], {c: columns[c][i] for c in others})
+    check_file(path)
+    with storage.open_input(path) as f:
+        if not f.read(1):
+            raise DataError(f"{path}: file is empty")
+        f.seek(0)
+        try:
+            parquet = pq.ParquetFile(f)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise DataError(f"{path}: cannot read as parquet: {type(e).__name__}: {e}") from e
+        names = list(parquet.schema_arrow.names)
+        _require_columns(path, names, {"text": text_column, "label": label_column})
+        if parquet.metadata.num_rows == 0:
+            raise DataError(f"{path}: parquet file has no rows")
+        others = [c for c in names if c not in (text_column, label_column)]
+        builder.extra = {c: [] for c in others}
+        builder.report.unit = "row"
+        row = 0
+        try:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                columns = batch.to_pydict()
+                texts, labels = columns[text_column], columns[label_column]
+                for i in range(batch.num_rows):
+                    row += 1
+                    builder.add(row, texts[i], labels[i], {c: columns[c][i] for c in others})
+        except Exception as e:  # a damaged page deep in the file
+            raise DataError(f"{path}: cannot read as parquet after row {row:,}: {type(e).__name__}: {e}") from e
 
 
 def read_path(
@@ -294,10 +323,10 @@ def read_path(
     label_column: str = "label",
     label_map: dict[str, int] | None = None,
 ) -> Table:
-    """Read a local file, choosing the reader by its name: ``ratings*.txt`` is NSMC (quoting off),
-    ``kmhas_*`` is K-MHaS, anything else goes to :func:`read_table`."""
-    path = Path(path)
-    name = path.name.lower()
+    """Read a file (local or a storage URI), choosing the reader by its name: ``ratings*.txt`` is NSMC
+    (quoting off), ``kmhas_*`` is K-MHaS, anything else goes to :func:`read_table`."""
+    path = _location(path)
+    name = _name(path).lower()
     if fnmatch.fnmatch(name, "ratings*.txt"):
         return read_nsmc(path)
     if name.startswith("kmhas_"):
@@ -331,7 +360,7 @@ def concat_tables(tables: list[Table], source: str) -> Table:
         rep.parts.append(r.to_dict())
     rep.rows_kept = len(texts)
     rep.class_counts, rep.duplicate_texts, rep.conflicting_texts = _text_stats(texts, labels, names)
-    raw = _sha256("\n".join(t.raw_sha256 for t in tables).encode())
+    raw = hashlib.sha256("\n".join(t.raw_sha256 for t in tables).encode()).hexdigest()
     return Table(texts=texts, labels=labels, label_names=list(names), report=rep, raw_sha256=raw, extra=extra)
 
 

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from kosent.config import cache_home, data_home
-from kosent.data.lines import _LABEL_COLUMN_GUESSES, _TEXT_COLUMN_GUESSES, _label_parser, _require_columns
+from kosent.data.lines import (
+    _LABEL_COLUMN_GUESSES,
+    _TEXT_COLUMN_GUESSES,
+    _label_parser,
+    _require_columns,
+    file_sha256,
+)
 from kosent.data.readers import NSMC_URL, read_path
 from kosent.data.report import DataError, Table, _Builder
 
@@ -140,14 +146,6 @@ def _url_filename(url: str) -> str:
     return name or "download"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch_url(url: str, sha256: str | None = None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Download ``url`` once to ``<cache>/<sha256 or url-hash>/<filename>`` and return the path.
 
@@ -162,7 +160,7 @@ def fetch_url(url: str, sha256: str | None = None, cache_dir: str | os.PathLike 
     key = expected or "url-" + hashlib.sha256(url.encode()).hexdigest()[:16]
     dest = base / key / _url_filename(url)
     if dest.is_file():
-        if expected is None or _file_sha256(dest) == expected:
+        if expected is None or file_sha256(dest) == expected:
             return dest
         dest.unlink()  # a damaged cache entry: fetch again
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,13 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
 from kosent.config import DataConfig
 from kosent.data.report import DataError, DataReport, Table
@@ -122,9 +124,9 @@ def _stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.lexsort((tie, keys))
 
 
-def _dataset(texts: list[str], labels: list[int]) -> datasets.Dataset:
+def as_dataset(texts: Sequence[str] | pa.Array, labels: Sequence[int] | pa.Array) -> datasets.Dataset:
+    """A split as ``datasets.Dataset`` (``text: string``, ``label: int64``) from lists or Arrow arrays."""
     import datasets
-    import pyarrow as pa
 
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
     # Arrow arrays skip the per-example encoding from_dict does on Python lists (10x faster).
@@ -210,7 +212,7 @@ def make_splits(cfg: DataConfig, table: Table | None = None) -> Splits:
         idx = cuts[name]
         s_texts = [pool_texts[i] for i in idx]
         s_labels = pool_labels[idx]
-        parts[name] = _dataset(s_texts, s_labels.tolist())
+        parts[name] = as_dataset(s_texts, s_labels.tolist())
         split_texts[name] = set(s_texts)
         counts = np.bincount(s_labels, minlength=len(table.label_names))
         split_counts[name] = {n: int(counts[k]) for k, n in enumerate(table.label_names)}

@@ -257,6 +257,46 @@ def test_parquet_with_label_map(tmp_path):
         data.read_table(path)
 
 
+def test_lines_read_in_small_chunks_are_the_files_lines(tmp_path, monkeypatch):
+    """Chunk edges fall inside CRLF pairs and multi-byte Korean characters; the lines, line numbers and hash
+    are those of the whole file."""
+    from kosent.data import lines as lines_mod
+
+    content = (NSMC_HEADER.replace("\n", "\r\n").encode() + "1\t정말 재밌는 영화\t1\r\n".encode()
+               + b"2\t\xff broken\t0\n" + "\n3\t배우 연기가 별로\t0".encode())  # a blank line; no final LF
+    path = write(tmp_path / "ratings_chunks.txt", content)
+    whole = data.read_nsmc(path)
+    for chunk in (1, 2, 3, 5, 7, 64):
+        monkeypatch.setattr(lines_mod, "CHUNK_BYTES", chunk)
+        assert list(lines_mod.LineReader(path)) == [line.removesuffix(b"\r") for line in content.split(b"\n")]
+        table = data.read_nsmc(path)
+        assert (table.texts, table.labels, table.report.examples) == (whole.texts, whole.labels, whole.report.examples)
+        assert table.raw_sha256 == hashlib.sha256(content).hexdigest()
+    assert whole.texts == ["정말 재밌는 영화", "배우 연기가 별로"]
+    assert whole.report.examples == {"undecodable_bytes": [3], "blank_line": [4]}
+    reader = lines_mod.LineReader(path)
+    next(iter(reader))  # a reader that stops early still hashes the whole file
+    assert reader.sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_parquet_is_read_in_batches_with_row_numbers_across_them(tmp_path, monkeypatch):
+    from kosent.data import readers
+
+    path = tmp_path / "many.parquet"
+    texts = [f"리뷰 {i}" if i % 4 else "" for i in range(1, 11)]  # rows 4 and 8 are empty
+    pq.write_table(pa.table({"text": texts, "label": [i % 2 for i in range(1, 11)]}), path, row_group_size=4)
+    monkeypatch.setattr(readers, "PARQUET_BATCH_ROWS", 3)
+    table = data.read_table(path)
+    assert table.report.examples == {"empty_text": [4, 8]} and len(table) == 8
+    assert table.texts == [t for t in texts if t] and table.raw_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    write(tmp_path / "empty.parquet", b"")
+    with pytest.raises(data.DataError, match=r"empty\.parquet: file is empty"):
+        data.read_table(tmp_path / "empty.parquet")
+    write(tmp_path / "broken.parquet", b"PAR1 not really")
+    with pytest.raises(data.DataError, match=r"broken\.parquet: cannot read as parquet"):
+        data.read_table(tmp_path / "broken.parquet")
+
+
 def test_label_map_validation(tmp_path):
     path = write(tmp_path / "x.csv", "text,label\na,1\n")
     with pytest.raises(data.DataError, match="class ids 0..n-1"):
@@ -358,6 +398,15 @@ def test_load_table_url_and_local_sources(tmp_path):
         data.load_table(DataConfig(source=str(src), sha256="1" * 64))
     with pytest.raises(data.DataError, match=r"data file not found: .*nope\.csv"):
         data.load_table(DataConfig(source=str(tmp_path / "nope.csv")))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write(folder / "notes.txt", "id\tdocument\tlabel\n1\tx\t1\n")
+    with pytest.raises(data.DataError, match=r"folder: a folder with no \.parquet/\.jsonl/.* file in it"):
+        data.load_table(DataConfig(source=str(folder)))
+    write(folder / "a.csv", "text,label\n좋아,1\n")
+    assert data.load_table(DataConfig(source=str(folder))).texts == ["좋아"]
+    with pytest.raises(data.DataError, match="a folder source has one per file"):
+        data.load_table(DataConfig(source=str(folder), sha256=sha))
 
 
 def test_load_table_missing_real_data_says_where(tmp_path, monkeypatch):

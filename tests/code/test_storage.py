@@ -130,6 +130,54 @@ def test_copy_files_any_direction_skips_and_overwrites(base, tiny_checkpoint, tm
         copy_files(join(base, "missing"), tmp_path / "x")
 
 
+@pytest.mark.timeout(120)
+def test_data_files_are_read_from_storage_as_from_a_local_folder(base, tmp_path):
+    """nsmc with path=<URI>, kmhas from a folder URI, and a Parquet / CSV source URI give the tables (rows,
+    report, hash) that the same files give locally."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kosent.config import DataConfig
+    from kosent.data import DataError, load_table, read_nsmc
+
+    local = tmp_path / "files"
+    local.mkdir()
+    (local / "ratings_small.txt").write_bytes("id\tdocument\tlabel\n1\t최고의 영화\t1\n2\t\t0\n3\t지루했다\t0\n".encode())
+    (local / "kmhas_valid.txt").write_text("document\tlabel\n나쁜 말\t0,1\n좋은 말\t8\n", encoding="utf-8")
+    (local / "kmhas_test.txt").write_text("document\tlabel\n그냥 말\t8\n", encoding="utf-8")
+    (local / "reviews.csv").write_text('text,label\n"좋아요, 정말",1\n별로,0\n', encoding="utf-8")
+    pq.write_table(pa.table({"text": ["좋다", "싫다"], "label": [1, 0]}), local / "reviews.parquet")
+    (local / "parts").mkdir()
+    pq.write_table(pa.table({"text": ["첫 부분", ""], "label": [1, 0]}), local / "parts" / "part-0.parquet")
+    pq.write_table(pa.table({"text": ["둘째 부분"], "label": [0]}), local / "parts" / "part-1.parquet")
+    (local / "parts" / "README.md").write_text("not data", encoding="utf-8")
+    remote = join(base, "data")
+    copy_files(local, remote)
+    pairs = [
+        (DataConfig(source="nsmc", path=join(remote, "ratings_small.txt")),
+         DataConfig(source="nsmc", path=str(local / "ratings_small.txt"))),
+        (DataConfig(source="kmhas", path=remote), DataConfig(source="kmhas", path=str(local))),
+        (DataConfig(source=join(remote, "reviews.csv")), DataConfig(source=str(local / "reviews.csv"))),
+        (DataConfig(source=join(remote, "reviews.parquet")), DataConfig(source=str(local / "reviews.parquet"))),
+        (DataConfig(source=join(remote, "parts")), DataConfig(source=str(local / "parts"))),
+    ]
+    for there_cfg, here_cfg in pairs:
+        there, here = load_table(there_cfg), load_table(here_cfg)
+        assert (there.texts, there.labels, there.raw_sha256) == (here.texts, here.labels, here.raw_sha256)
+        assert there.report.skipped == here.report.skipped and there.report.examples == here.report.examples
+    assert load_table(pairs[0][0]).report.examples == {"empty_text": [3]}
+    parts = load_table(pairs[-1][0])  # a folder: its table files in name order, one report part each
+    assert parts.texts == ["첫 부분", "둘째 부분"] and [p["rows_read"] for p in parts.report.parts] == [2, 1]
+    assert parts.report.examples == {"part-0.parquet:empty_text": [2]}
+    assert load_table(pairs[0][0]).report.source == join(remote, "ratings_small.txt")
+    with pytest.raises(DataError, match="NSMC file not found: .*nothing.txt"):
+        load_table(DataConfig(source="nsmc", path=join(remote, "nothing.txt")))
+    with pytest.raises(DataError, match="data file not found: .*nope.csv"):
+        load_table(DataConfig(source=join(remote, "nope.csv")))
+    with pytest.raises(DataError, match="is a folder, expected a data file"):
+        read_nsmc(remote)
+
+
 @pytest.mark.timeout(60)
 def test_an_unwritable_storage_path_is_refused_before_a_run(tmp_path):
     from kosent.ray_train import TrainSetupError, check_storage

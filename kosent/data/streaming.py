@@ -1,0 +1,90 @@
+"""Splits as Ray Datasets for Ray Train: each worker reads only its shard of the training rows.
+
+    to_ray_datasets(splits)     driver: train / validation (/ unlabelled) as ``ray.data.Dataset`` objects
+    data_config()               driver: which of them are split across workers, deterministically
+    read_shard(name)            worker: its rows of one dataset, as a ``datasets.Dataset``
+
+``train`` (and, for distillation, ``unlabelled``) is split into equal, disjoint shards, one per worker
+(``streaming_split(equal=True)``): a worker tokenizes and batches only its shard, so the work per worker
+shrinks as workers are added, and a teacher scores each unlabelled text once in the cluster. ``validation``
+is not split: every worker reads it whole (it is ``val_size`` rows) and scores its share by index, as the
+loop does in one process. Order is preserved, so the same splits give every worker the same rows in every
+attempt: a resumed or restarted run replays the uninterrupted one.
+
+The datasets are made from the splits' Arrow tables (``ray.data.from_arrow``, no Python rows); they need no
+Ray Data tasks, so Train workers holding every CPU of a 2-CPU node cannot starve them (the deadlock
+recorded for ``map_batches`` stages). Imported by ``kosent.ray_train`` only: ``kosent.data`` itself does not
+import Ray.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import ray.data
+import ray.train
+
+from kosent.data.splits import Splits, as_dataset
+
+if TYPE_CHECKING:
+    import datasets
+
+SPLIT_ACROSS_WORKERS = ("train", "unlabelled")
+BLOCK_ROWS = 4096  # rows per block: enough blocks for shards to be balanced without splitting many
+
+
+def _blocks(table: pa.Table) -> list[pa.Table]:
+    if table.num_rows == 0:
+        return [table]
+    return [table.slice(start, BLOCK_ROWS) for start in range(0, table.num_rows, BLOCK_ROWS)]
+
+
+def _table(ds: datasets.Dataset) -> pa.Table:
+    """A split's rows as one Arrow table (``text``, ``label``), following any index mapping it carries."""
+    return ds.with_format("arrow")[:].select(["text", "label"])
+
+
+def to_ray_datasets(splits: Splits) -> dict[str, ray.data.Dataset]:
+    """``train`` and ``validation`` (and ``unlabelled`` when a teacher filled it) for ``TorchTrainer(datasets=)``.
+
+    The test split is not among them: it is scored once on the driver after training."""
+    out = {
+        "train": ray.data.from_arrow(_blocks(_table(splits.train))),
+        "validation": ray.data.from_arrow(_blocks(_table(splits.validation))),
+    }
+    if splits.unlabelled:
+        texts = pa.table({"text": pa.array(splits.unlabelled, pa.string())})
+        out["unlabelled"] = ray.data.from_arrow(_blocks(texts))
+    return out
+
+
+def data_config(names: list[str]) -> ray.train.DataConfig:
+    """Split ``train`` and ``unlabelled`` into equal shards; keep block order so shards are reproducible."""
+    from ray.data import ExecutionOptions
+
+    options = ExecutionOptions(preserve_order=True)
+    return ray.train.DataConfig(
+        datasets_to_split=[n for n in names if n in SPLIT_ACROSS_WORKERS],
+        execution_options={n: options for n in names},
+        enable_shard_locality=False,
+    )
+
+
+def read_shard(name: str, columns: tuple[str, ...] = ("text", "label")) -> pa.Table:
+    """This worker's rows of dataset ``name`` (inside a Ray Train worker), as one Arrow table."""
+    shard = ray.train.get_dataset_shard(name)
+    tables = [t.select(list(columns)) for t in shard.iter_batches(batch_size=None, batch_format="pyarrow")]
+    if not tables:  # a split smaller than the number of workers
+        types = {"text": pa.string(), "label": pa.int64()}
+        return pa.table({c: pa.array([], types[c]) for c in columns})
+    return pa.concat_tables(tables)
+
+
+def shard_as_dataset(name: str) -> datasets.Dataset:
+    """:func:`read_shard` as the ``datasets.Dataset`` (``text``, ``label``) the training loop takes."""
+    table = read_shard(name)
+    return as_dataset(table.column("text").combine_chunks(), table.column("label").combine_chunks())
+
+
+__all__ = ["data_config", "read_shard", "shard_as_dataset", "to_ray_datasets"]

@@ -1,0 +1,78 @@
+"""Ray Data ingest on the session's real local cluster: what each Ray Train worker gets to train on.
+
+The workers run ``kosent.ray_train._worker_splits``, the same function the training loop's workers call,
+and write what they got to files; the test reads them back. Real NSMC rows, 2 workers x 1 CPU on the
+2-CPU cluster (Train holds every CPU: ingest must need none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from kosent.config import DataConfig
+from kosent.data import make_splits
+
+DATA = DataConfig(train_size=301, val_size=60, test_size=60)
+
+
+def _shards(splits, out: Path, workers: int = 2) -> list[dict]:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from kosent.data import streaming
+    from kosent.ray_train import _splits_payload
+
+    def _report_shards(config: dict) -> None:
+        """A Ray Train worker: read this worker's splits as training does, write them to ``<out>/rank_<r>.json``.
+        Nested, so it travels by value: workers cannot import this test module."""
+        import ray.train
+
+        from kosent.ray_train import _worker_splits
+
+        splits = _worker_splits(config["splits"])
+        rank = ray.train.get_context().get_world_rank()
+        got = {"train": list(splits.train["text"]), "train_labels": list(splits.train["label"]),
+               "validation": list(splits.validation["text"]), "unlabelled": splits.unlabelled,
+               "test": len(splits.test), "fingerprint": splits.fingerprint}
+        Path(config["out"], f"rank_{rank}.json").write_text(json.dumps(got, ensure_ascii=False), encoding="utf-8")
+
+    datasets = streaming.to_ray_datasets(splits)
+    out.mkdir(parents=True)
+    TorchTrainer(
+        _report_shards,
+        train_loop_config={"splits": _splits_payload(splits, list(datasets)), "out": str(out)},
+        datasets=datasets,
+        dataset_config=streaming.data_config(list(datasets)),
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=out.name, storage_path=str(out.parent / "runs")),
+    ).fit()
+    return [json.loads((out / f"rank_{r}.json").read_text(encoding="utf-8")) for r in range(workers)]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_each_worker_gets_an_equal_disjoint_shard_that_repeats_run_after_run(ray_cluster, nsmc_path, tmp_path):
+    splits = make_splits(dataclasses.replace(DATA, path=str(nsmc_path)))
+    unlabelled = [f"라벨 없는 문장 {i}" for i in range(41)]
+    splits = dataclasses.replace(splits, unlabelled=unlabelled)
+    first = _shards(splits, tmp_path / "first")
+
+    train = list(splits.train["text"])
+    a, b = (set(s["train"]) for s in first)
+    assert len(first[0]["train"]) == len(first[1]["train"]) == 150, "equal shards: 301 rows -> 150 + 150"
+    assert not a & b and (a | b) <= set(train) and len(a | b) == 300
+    by_text = dict(zip(train, splits.train["label"], strict=True))
+    for shard in first:
+        assert shard["train_labels"] == [by_text[t] for t in shard["train"]], "labels travel with their texts"
+        assert shard["validation"] == list(splits.validation["text"]), "validation is read whole, in order"
+        assert shard["test"] == 0 and shard["fingerprint"] == splits.fingerprint
+    u0, u1 = (set(s["unlabelled"]) for s in first)
+    assert len(u0) == len(u1) == 20 and not u0 & u1 and (u0 | u1) <= set(unlabelled)
+
+    again = _shards(splits, tmp_path / "again")
+    assert [s["train"] for s in again] == [s["train"] for s in first], "the same rows, in the same order"
+    assert [s["unlabelled"] for s in again] == [s["unlabelled"] for s in first]

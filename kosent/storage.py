@@ -50,7 +50,7 @@ def join(base: str | os.PathLike, *parts: str) -> str:
 
 
 def filesystem(location: str | os.PathLike) -> tuple[pyarrow.fs.FileSystem, str]:
-    """The pyarrow filesystem that holds ``location`` and the path within it (for Ray's ``storage_filesystem``)."""
+    """The pyarrow filesystem that holds ``location``, and the path within it (local paths made absolute)."""
     import pyarrow.fs
 
     if is_uri(location):

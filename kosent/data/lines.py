@@ -97,7 +97,7 @@ class LineReader:
         return self._digest.hexdigest()
 
 
-def _decode_header(path: Path, line: bytes) -> str:
+def _decode_header(path: str | Path, line: bytes) -> str:
     try:
         return line.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -43,12 +43,8 @@ PARQUET_BATCH_ROWS = 65_536
 
 
 def _location(path: str | os.PathLike) -> str | Path:
-    """A URI as given (``Path`` would fold its ``//``); a local path as a ``Path``."""
+    """A URI as given (``Path`` would fold its ``//``, though not its name); a local path as a ``Path``."""
     return str(path) if storage.is_uri(path) else Path(path)
-
-
-def _name(path: str | Path) -> str:
-    return path.name if isinstance(path, Path) else path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def read_nsmc(path: str | os.PathLike) -> Table:
@@ -256,7 +252,7 @@ def read_table(
     are ``negative`` / ``positive``. Every other column is kept in ``Table.extra``.
     """
     path = _location(path)
-    suffix = Path(_name(path)).suffix.lower()
+    suffix = Path(path).suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise DataError(
             f"{path}: unsupported file type '{suffix or '(none)'}'; use one of {', '.join(TABLE_SUFFIXES)}"
@@ -326,7 +322,7 @@ def read_path(
     """Read a file (local or a storage URI), choosing the reader by its name: ``ratings*.txt`` is NSMC
     (quoting off), ``kmhas_*`` is K-MHaS, anything else goes to :func:`read_table`."""
     path = _location(path)
-    name = _name(path).lower()
+    name = Path(path).name.lower()
     if fnmatch.fnmatch(name, "ratings*.txt"):
         return read_nsmc(path)
     if name.startswith("kmhas_"):

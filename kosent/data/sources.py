@@ -103,7 +103,7 @@ def _read_folder(folder: str, cfg: DataConfig) -> Table:
     if cfg.sha256:
         raise DataError(f"{folder}: sha256 checks one file; a folder source has one per file (drop --sha256)")
     files = storage.list_files(folder)
-    tables_files = [f for f in files if Path(f.rsplit("/", 1)[-1]).suffix.lower() in FOLDER_SUFFIXES]
+    tables_files = [f for f in files if Path(f).suffix.lower() in FOLDER_SUFFIXES]
     if not tables_files:
         raise DataError(f"{folder}: a folder with no {'/'.join(FOLDER_SUFFIXES)} file in it")
     if len(tables_files) < len(files):

@@ -1,8 +1,9 @@
 """Splits as Ray Datasets for Ray Train: each worker reads only its shard of the training rows.
 
     to_ray_datasets(splits)     driver: train / validation (/ unlabelled) as ``ray.data.Dataset`` objects
-    data_config()               driver: which of them are split across workers, deterministically
-    read_shard(name)            worker: its rows of one dataset, as a ``datasets.Dataset``
+    data_config(names)          driver: which of them are split across workers, deterministically
+    read_shard(name)            worker: its rows of one dataset, as an Arrow table
+    shard_as_dataset(name)      worker: the same as the ``datasets.Dataset`` the training loop takes
 
 ``train`` (and, for distillation, ``unlabelled``) is split into equal, disjoint shards, one per worker
 (``streaming_split(equal=True)``): a worker tokenizes and batches only its shard, so the work per worker

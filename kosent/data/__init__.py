@@ -22,6 +22,7 @@ The package, one stage a module (callers import from ``kosent.data`` alone):
     readers.py   files: read_nsmc, read_kmhas, read_table (CSV/TSV/JSON lines/Parquet), read_path
     remote.py    read_hf (Hugging Face hub), fetch_url / read_url (downloaded once, sha256-checked)
     sources.py   load_table: a DataConfig's source (nsmc, kmhas, hf:<id>, URL, path) -> Table
+    selection.py KeyWindow: the one streaming pass that picks split rows by the hash of their text
     splits.py    make_splits: de-duplicated, stratified, nested train / validation / test, fingerprinted
     streaming.py splits as Ray Datasets, a Train worker's shard (imported by kosent.ray_train, not here:
                  ``import kosent.data`` does not import Ray)

@@ -131,14 +131,14 @@ def read_hf(
         parse_label, label_names = _label_parser(label_map)
     data = ds.to_dict()
     others = [c for c in names if c not in (text_column, label_column)]
-    builder = _Builder(source, parse_label, others)
+    builder = _Builder(source, parse_label, label_names, others)
     builder.report.unit = "row"
     digest = hashlib.sha256(f"hf\0{dataset_id}\0{split}\0".encode())
     texts, labels = data[text_column], data[label_column]
     for i in range(len(texts)):
         digest.update(f"{texts[i]}\t{labels[i]}\n".encode("utf-8", "surrogatepass"))
         builder.add(i + 1, texts[i], labels[i], {c: data[c][i] for c in others})
-    return builder.finish(source, label_names, digest.hexdigest())
+    return builder.finish(source, digest.hexdigest())
 
 
 def _url_filename(url: str) -> str:

@@ -6,13 +6,13 @@ understood is counted under a reason with its line number, never raised and neve
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
-
-import numpy as np
+from typing import Any, Protocol
 
 from kosent.text import normalize
 
@@ -42,7 +42,8 @@ class DataReport:
     conflicting_texts: int = 0
     class_counts: dict[str, int] = field(default_factory=dict)
     split_overlap: dict[str, int] = field(default_factory=dict)
-    # Filled by make_splits: rows in, duplicate / conflicting rows removed, pool size.
+    # Filled by make_splits: rows in, duplicate / conflicting rows removed, pool size, and whether those are
+    # exact (False: estimated from the smallest hash keys of a source of more than 200,000 distinct texts).
     dedup: dict[str, int] = field(default_factory=dict)
     # Filled by make_splits: split name -> {label name: count}.
     split_class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -101,8 +102,9 @@ class DataReport:
             )
         if self.dedup:
             d = self.dedup
+            about = "" if d.get("exact", True) else "about "  # estimated beyond 200,000 distinct texts
             out.append(
-                f"dedup: {d.get('rows_in', 0):,} rows -> pool of {d.get('pool', 0):,} "
+                f"dedup: {d.get('rows_in', 0):,} rows -> pool of {about}{d.get('pool', 0):,} "
                 f"(removed {d.get('duplicate_rows_removed', 0):,} repeated rows and "
                 f"{d.get('conflicting_rows_removed', 0):,} rows of {d.get('conflicting_texts_removed', 0):,} "
                 "text(s) with conflicting labels)"
@@ -137,14 +139,50 @@ class Table:
         return len(self.texts)
 
 
-class _Builder:
-    """Accumulates rows of one source, applying the shared skip rules."""
+class RowSink(Protocol):
+    """Where kept rows go instead of into a :class:`Table` (:class:`kosent.data.selection.KeyWindow`)."""
 
-    def __init__(self, source: str, parse_label: Callable[[Any], int | None], extra_names: Iterable[str]):
+    def start(self, label_names: list[str]) -> None: ...
+
+    def add(self, text: str, label: int) -> None: ...
+
+
+_SINK: contextvars.ContextVar[RowSink | None] = contextvars.ContextVar("kosent_row_sink", default=None)
+
+
+@contextlib.contextmanager
+def rows_to(sink: RowSink) -> Iterator[None]:
+    """Inside the block, every reader hands its kept rows to ``sink`` and returns a :class:`Table` without
+    rows (report, label names and hash only), so a source of any size passes through in bounded memory.
+
+    One switch for every reader (they all build through :class:`_Builder`), rather than a parameter
+    threaded through each reader, ``load_table`` and the folder and concatenation paths."""
+    token = _SINK.set(sink)
+    try:
+        yield
+    finally:
+        _SINK.reset(token)
+
+
+class _Builder:
+    """Accumulates rows of one source, applying the shared skip rules (or hands them to the active sink)."""
+
+    def __init__(
+        self,
+        source: str,
+        parse_label: Callable[[Any], int | None],
+        label_names: list[str],
+        extra_names: Iterable[str],
+    ):
         self.report = DataReport(source=source)
         self.parse_label = parse_label
+        self.label_names = list(label_names)
+        self.sink = _SINK.get()
+        if self.sink is not None:
+            self.sink.start(self.label_names)
         self.texts: list[str] = []
         self.labels: list[int] = []
+        self.class_counts = [0] * len(self.label_names)
         self.extra: dict[str, list] = {name: [] for name in extra_names}
         self.unknown_labels: list[str] = []  # first few distinct raw values, for error messages
 
@@ -166,34 +204,38 @@ class _Builder:
                 self.unknown_labels.append(repr(raw_label))
             return
         self.report.rows_read += 1
+        self.report.rows_kept += 1
+        self.class_counts[label] += 1
+        if self.sink is not None:
+            self.sink.add(norm, label)
+            return
         self.texts.append(norm)
         self.labels.append(label)
         for name, values in self.extra.items():
             values.append(None if extras is None else extras.get(name))
 
-    def _label_hint(self, label_names: list[str]) -> str:
+    def _label_hint(self) -> str:
         if not self.unknown_labels:
             return ""
         return (
             f". Label values not understood: {', '.join(self.unknown_labels)}; the labels expected are "
-            f"0..{len(label_names) - 1} ({', '.join(label_names)}), or give label_map "
+            f"0..{len(self.label_names) - 1} ({', '.join(self.label_names)}), or give label_map "
             '(e.g. {"neg": 0, "pos": 1}) to map the raw values'
         )
 
-    def finish(self, path: Any, label_names: list[str], raw_sha256: str) -> Table:
+    def finish(self, path: Any, raw_sha256: str) -> Table:
         rep = self.report
-        rep.rows_kept = len(self.texts)
-        if not self.texts:
-            raise DataError(
-                f"{path}: no usable rows: {_skips_text(rep)}{_encoding_hint(rep)}{self._label_hint(label_names)}"
-            )
-        rep.class_counts, rep.duplicate_texts, rep.conflicting_texts = _text_stats(
-            self.texts, self.labels, label_names
-        )
+        if not rep.rows_kept:
+            raise DataError(f"{path}: no usable rows: {_skips_text(rep)}{_encoding_hint(rep)}{self._label_hint()}")
+        rep.class_counts = dict(zip(self.label_names, self.class_counts, strict=True))
+        if self.sink is None:  # with a sink, the sink counts duplicates over the whole source
+            rep.duplicate_texts, rep.conflicting_texts = _duplicate_stats(self.texts, self.labels)
+        else:
+            self.extra = {}
         return Table(
             texts=self.texts,
             labels=self.labels,
-            label_names=list(label_names),
+            label_names=self.label_names,
             report=rep,
             raw_sha256=raw_sha256,
             extra=self.extra,
@@ -220,14 +262,12 @@ def _encoding_hint(rep: DataReport) -> str:
     return ""
 
 
-def _text_stats(texts: list[str], labels: list[int], label_names: list[str]) -> tuple[dict, int, int]:
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(label_names))
-    class_counts = {name: int(counts[i]) for i, name in enumerate(label_names)}
+def _duplicate_stats(texts: list[str], labels: list[int]) -> tuple[int, int]:
+    """Rows that repeat an earlier text, and distinct texts that carry more than one label."""
     first: dict[str, int] = {}
     conflicting: set[str] = set()
     for text, label in zip(texts, labels, strict=True):
         seen = first.setdefault(text, label)
         if seen != label:
             conflicting.add(text)
-    return class_counts, len(texts) - len(first), len(conflicting)
-
+    return len(texts) - len(first), len(conflicting)

@@ -1,7 +1,10 @@
-"""Train / validation / test from a table: de-duplicated, stratified, nested scales, fingerprinted.
+"""Train / validation / test from a source: de-duplicated, stratified, nested scales, fingerprinted.
 
-The test and validation rows depend only on the source and the seed, never on ``train_size`` or ``scale``, so
-every run of a sweep is scored on the same rows and a larger scale contains every smaller one.
+Rows are assigned by a seeded hash of their normalized text (:mod:`kosent.data.selection`) in one
+streaming pass over the source, so a source of any size is never a table in memory, duplicates land in
+the same split and no text crosses splits. The test and validation rows depend only on the source and the
+seed, never on ``train_size`` or ``scale``, so every run of a sweep is scored on the same rows and a larger
+scale contains every smaller one.
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import numpy as np
 import pyarrow as pa
 
 from kosent.config import DataConfig
-from kosent.data.report import DataError, DataReport, Table
+from kosent.data.report import DataError, DataReport, Table, rows_to
+from kosent.data.selection import KeyWindow
 from kosent.data.sources import load_table
 
 if TYPE_CHECKING:
     import datasets
 
 
-# Bumped whenever make_splits would choose different rows for the same inputs.
-SPLIT_ALGORITHM_VERSION = 1
+# Bumped whenever make_splits would choose different rows for the same inputs (2: rows chosen by the hash
+# of their text in one streaming pass; 1 shuffled the whole de-duplicated table).
+SPLIT_ALGORITHM_VERSION = 2
 
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -108,22 +113,6 @@ def unseen_texts(table: Table, excluded: set[str], seed: int) -> list[str]:
     return pool
 
 
-def _stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
-    """A seeded order of all rows in which every prefix has (almost) the classes' overall ratio.
-
-    Each class is shuffled, and its k-th row (of n) gets the key ``(k + offset) / n`` (a random
-    offset per class); sorting by key interleaves the classes evenly, so any prefix or window of m
-    rows holds ``m * n_c / N`` rows of class c, give or take one.
-    """
-    rng = np.random.default_rng(seed)
-    keys = np.empty(len(labels), dtype=np.float64)
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        keys[idx] = (np.arange(len(idx)) + rng.random()) / len(idx)
-    tie = rng.random(len(labels))
-    return np.lexsort((tie, keys))
-
-
 def as_dataset(texts: Sequence[str] | pa.Array, labels: Sequence[int] | pa.Array) -> datasets.Dataset:
     """A split as ``datasets.Dataset`` (``text: string``, ``label: int64``) from lists or Arrow arrays."""
     import datasets
@@ -165,68 +154,70 @@ def make_splits(cfg: DataConfig, table: Table | None = None) -> Splits:
     """De-duplicate, then carve stratified test and validation splits and a nested training set.
 
     1. One row per normalized text; texts that carry more than one label are dropped entirely.
-    2. The pool is put in one seeded, stratified interleaved order (:func:`_stratified_order`).
+    2. The distinct texts are put in one order: each class by the seeded hash of its texts, the classes
+       interleaved so every prefix keeps the pool's class balance (:mod:`kosent.data.selection`).
     3. test = the first ``test_size`` rows, validation = the next ``val_size``; both depend only on
-       the pool and the seed, never on ``train_size`` or ``scale``.
-    4. train = the first ``train_size * scale`` of the remaining rows, so a larger scale contains
-       every smaller one and every prefix keeps the pool's class balance.
+       the source and the seed, never on ``train_size`` or ``scale``.
+    4. train = the next ``train_size * scale`` rows, so a larger scale contains every smaller one.
+
+    Without ``table`` the source is streamed through the readers and only the rows the splits can draw
+    from are held; with ``table`` (a resampled or already read table) its rows are fed the same way.
     """
     _check_sizes(cfg)
+    n_train = cfg.train_size * cfg.scale
+    window = KeyWindow(cfg.test_size + cfg.val_size + n_train, cfg.split_seed)
     if table is None:
-        table = load_table(cfg)
-    texts, labels = table.texts, table.labels
-    first: dict[str, int] = {}
-    conflicting: set[str] = set()
-    for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
-        j = first.setdefault(text, i)
-        if j != i and labels[j] != label:
-            conflicting.add(text)
-    keep = [i for text, i in first.items() if text not in conflicting]
-    conflicting_rows = sum(1 for t in texts if t in conflicting) if conflicting else 0
-    pool_texts = [texts[i] for i in keep]
-    pool_labels = np.asarray([labels[i] for i in keep], dtype=np.int64)
-
-    n_pool, n_train = len(keep), cfg.train_size * cfg.scale
+        with rows_to(window):
+            table = load_table(cfg)
+    else:
+        window.start(table.label_names)
+        for text, label in zip(table.texts, table.labels, strict=True):
+            window.add(text, label)
     source = table.report.source
+    chosen = window.finish(source)
+    if not table.texts:  # streamed: the window counted the duplicates over the whole source
+        table.report.duplicate_texts = chosen.duplicate_rows + chosen.conflicting_rows - chosen.conflicting_texts
+        table.report.conflicting_texts = chosen.conflicting_texts
+    about = "" if chosen.exact else "about "
+    n_pool = chosen.pool
     if cfg.test_size + cfg.val_size >= n_pool:
         raise DataError(
             f"{source}: test_size {cfg.test_size:,} + val_size {cfg.val_size:,} leave no training rows: "
-            f"only {n_pool:,} distinct texts are available after de-duplication"
+            f"only {about}{n_pool:,} distinct texts are available after de-duplication"
         )
     available = n_pool - cfg.test_size - cfg.val_size
-    if n_train > available:
+    if n_train > available or len(chosen.texts) < cfg.test_size + cfg.val_size + n_train:
         raise DataError(
             f"{source}: train_size {cfg.train_size:,} x scale {cfg.scale} = {n_train:,} training rows "
-            f"requested but only {available:,} are available ({n_pool:,} distinct texts after "
+            f"requested but only {about}{available:,} are available ({about}{n_pool:,} distinct texts after "
             f"de-duplication minus test_size {cfg.test_size:,} and val_size {cfg.val_size:,}); "
             f"the largest scale for this train_size is {available // cfg.train_size}"
         )
-    order = _stratified_order(pool_labels, cfg.split_seed)
     cuts = {
-        "test": order[: cfg.test_size],
-        "validation": order[cfg.test_size : cfg.test_size + cfg.val_size],
-        "train": order[cfg.test_size + cfg.val_size : cfg.test_size + cfg.val_size + n_train],
+        "test": slice(0, cfg.test_size),
+        "validation": slice(cfg.test_size, cfg.test_size + cfg.val_size),
+        "train": slice(cfg.test_size + cfg.val_size, cfg.test_size + cfg.val_size + n_train),
     }
+    label_names = list(table.label_names)
     parts, split_texts, split_counts = {}, {}, {}
     for name in SPLIT_NAMES:
-        idx = cuts[name]
-        s_texts = [pool_texts[i] for i in idx]
-        s_labels = pool_labels[idx]
-        parts[name] = as_dataset(s_texts, s_labels.tolist())
+        s_texts = chosen.texts[cuts[name]]
+        s_labels = chosen.labels[cuts[name]]
+        parts[name] = as_dataset(s_texts, s_labels)
         split_texts[name] = set(s_texts)
-        counts = np.bincount(s_labels, minlength=len(table.label_names))
-        split_counts[name] = {n: int(counts[k]) for k, n in enumerate(table.label_names)}
+        counts = np.bincount(s_labels, minlength=len(label_names))
+        split_counts[name] = {n: int(counts[k]) for k, n in enumerate(label_names)}
 
     report = DataReport.from_dict(table.report.to_dict())
     report.dedup = {
-        "rows_in": len(texts),
-        "duplicate_rows_removed": len(texts) - len(first) - (conflicting_rows - len(conflicting)),
-        "conflicting_texts_removed": len(conflicting),
-        "conflicting_rows_removed": conflicting_rows,
+        "rows_in": window.rows,
+        "duplicate_rows_removed": chosen.duplicate_rows,
+        "conflicting_texts_removed": chosen.conflicting_texts,
+        "conflicting_rows_removed": chosen.conflicting_rows,
         "pool": n_pool,
+        "exact": chosen.exact,
     }
-    pool_counts = np.bincount(pool_labels, minlength=len(table.label_names))
-    report.split_class_counts = {"pool": {n: int(pool_counts[k]) for k, n in enumerate(table.label_names)}}
+    report.split_class_counts = {"pool": {n: int(chosen.pool_counts[k]) for k, n in enumerate(label_names)}}
     report.split_class_counts.update(split_counts)
     report.split_overlap = {
         f"{a}&{b}": len(split_texts[a] & split_texts[b])
@@ -234,7 +225,7 @@ def make_splits(cfg: DataConfig, table: Table | None = None) -> Splits:
     }
     return Splits(
         **parts,
-        label_names=list(table.label_names),
-        fingerprint=split_fingerprint(table.raw_sha256, cfg, table.label_names),
+        label_names=label_names,
+        fingerprint=split_fingerprint(table.raw_sha256, cfg, label_names),
         report=report,
     )

@@ -5,18 +5,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 import time
 import unicodedata
 from collections import Counter
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from kosent import data
 from kosent.config import DataConfig
-from kosent.data.splits import _stratified_order
+from kosent.data.selection import KeyWindow, text_key
 from kosent.text import normalize
 
 
@@ -449,6 +449,7 @@ def test_make_splits_dedups_stratifies_and_nests():
         "conflicting_texts_removed": 1,
         "conflicting_rows_removed": 3,
         "pool": 900,
+        "exact": True,
     }
     for splits in (small, big):
         everything = [*col(splits.train, "text"), *col(splits.validation, "text"), *col(splits.test, "text")]
@@ -488,15 +489,56 @@ def test_bad_split_settings():
         data.make_splits(DataConfig(train_size=1, val_size=500, test_size=500), table)
 
 
-def test_stratified_order_prefixes_are_balanced():
-    labels = np.array([0] * 700 + [1] * 200 + [2] * 100)
-    order = _stratified_order(labels, seed=3)
-    assert sorted(order.tolist()) == list(range(1000))
-    for m in (10, 50, 333, 1000):
-        counts = Counter(labels[order[:m]].tolist())
+def _window(rows, want, seed=3, classes=("a", "b", "c"), **kw) -> KeyWindow:
+    window = KeyWindow(want, seed, **kw)
+    window.start(list(classes))
+    for text, label in rows:
+        window.add(text, label)
+    return window
+
+
+THREE_CLASSES = [(f"text {i}", 0) for i in range(7_000)] + [(f"text {i}", 1) for i in range(7_000, 9_000)] + [
+    (f"text {i}", 2) for i in range(9_000, 10_000)
+]
+
+
+def test_key_window_prefixes_are_balanced_and_do_not_depend_on_row_order():
+    chosen = _window(THREE_CLASSES, 1_000).finish("t")
+    labels = chosen.labels
+    assert len(chosen.texts) == 1_000 == len(set(chosen.texts))
+    for m in (10, 50, 333, 1_000):
+        counts = Counter(labels[:m].tolist())
         for c, share in ((0, 0.7), (1, 0.2), (2, 0.1)):
             assert abs(counts[c] - m * share) <= 1.5
-    assert not np.array_equal(order, _stratified_order(labels, seed=4))
+    shuffled = THREE_CLASSES[:]
+    random.Random(0).shuffle(shuffled)
+    for rows in (shuffled, THREE_CLASSES[::-1]):  # sorted by label, reversed: the same choice
+        assert _window(rows, 1_000).finish("t").texts == chosen.texts
+    # Within a class the texts come in key order: the seed, not the file, decides.
+    keys = [text_key(t, 3) for t, label in zip(chosen.texts, labels, strict=True) if label == 0]
+    assert keys == sorted(keys)
+    assert _window(THREE_CLASSES, 1_000, seed=4).finish("t").texts != chosen.texts
+
+
+def test_key_window_holds_bounded_texts_and_estimates_beyond_its_exact_keys():
+    two = [(f"text {i}", int(i >= 14_000)) for i in range(20_000)]
+    rows = two + two[:3_000] + [("text 5", 1), ("text 15000", 0)]  # repeats, and two texts with both labels
+    exact = _window(rows, 200, classes="ab").finish("t")
+    assert exact.exact and (exact.pool, exact.conflicting_texts, exact.distinct_texts) == (19_998, 2, 20_000)
+    assert exact.duplicate_rows == 3_000 - 1  # "text 5" repeats too: its rows count as conflicting
+    window = _window(rows, 200, classes="ab", exact_keys=3_000)
+    assert len(window.keys) <= 3_000 + window.hold
+    assert sum(map(len, window.texts)) <= 2 * 2 * window.hold
+    sketched = window.finish("t")
+    assert not sketched.exact
+    assert abs(sketched.pool - 19_998) / 19_998 < 0.1  # a k-minimum-values estimate from 3,000 keys
+    assert abs(sketched.pool_counts[0] / sketched.pool - 0.7) < 0.02
+    assert len(sketched.texts) == 200 == len(set(sketched.texts))
+    assert sketched.texts == _window(two[::-1] + rows, 200, classes="ab", exact_keys=3_000).finish("t").texts
+    assert "text 5" not in sketched.texts and "text 15000" not in sketched.texts
+    # The first rows (test, validation) stay put when the training share grows past the exact keys.
+    bigger = _window(rows, 5_000, classes="ab", exact_keys=3_000).finish("t")
+    assert bigger.texts[:200] == sketched.texts and bigger.pool == sketched.pool
 
 
 def test_splits_save_load_round_trip(tmp_path):

@@ -151,3 +151,42 @@ def test_kmhas_splits(kmhas_valid_path, kmhas_test_path):
     assert splits.sizes() == {"train": 4_000, "validation": 1_000, "test": 5_000}
     assert splits.label_names == ["hate", "not_hate"]
     assert splits.report.split_overlap == {"train&validation": 0, "train&test": 0, "validation&test": 0}
+    read = data.make_splits(cfg, data.load_table(cfg))  # the same two files read whole first: the same splits
+    assert read.fingerprint == splits.fingerprint and col(read.test, "text") == col(splits.test, "text")
+    assert [p["rows_kept"] for p in read.report.parts] == [p["rows_kept"] for p in splits.report.parts]
+    assert (splits.report.duplicate_texts, splits.report.conflicting_texts) == (
+        read.report.duplicate_texts, read.report.conflicting_texts)
+    assert "duplicate_texts" not in splits.report.parts[0]  # counted over both files, never per streamed file
+
+
+def test_streamed_splits_and_report_equal_the_read_tables(nsmc, cfg, by_scale):
+    """make_splits(cfg) streams the file through the hash window; make_splits(cfg, table) feeds the rows of a
+    table read whole. Same rows, same report: 150,000 read, 5 skipped, the same classes and duplicates."""
+    streamed = data.make_splits(cfg)
+    read = by_scale[1]
+    assert streamed.fingerprint == read.fingerprint
+    for name in ("train", "validation", "test"):
+        assert col(getattr(streamed, name), "text") == col(getattr(read, name), "text")
+        assert col(getattr(streamed, name), "label") == col(getattr(read, name), "label")
+    report = streamed.report
+    assert (report.rows_read, report.rows_kept, report.skipped) == (150_000, 149_995, {"empty_text": 5})
+    assert report.class_counts == nsmc.report.class_counts == {"negative": 75_170, "positive": 74_825}
+    assert (report.duplicate_texts, report.conflicting_texts) == (
+        nsmc.report.duplicate_texts,
+        nsmc.report.conflicting_texts,
+    )
+    assert report.to_dict() == read.report.to_dict()
+    assert report.dedup["exact"] is True
+
+
+def test_a_text_lands_in_its_split_whatever_else_is_in_the_file(nsmc, cfg, by_scale):
+    """The split of a text is decided by its hash: dropping rows that were not chosen moves nothing else."""
+    chosen = {t for name in ("train", "validation", "test") for t in col(getattr(by_scale[1], name), "text")}
+    keep = [i for i, t in enumerate(nsmc.texts) if t in chosen or i % 2 == 0]
+    half = data.Table(
+        [nsmc.texts[i] for i in keep], [nsmc.labels[i] for i in keep], nsmc.label_names, nsmc.report, "0" * 64
+    )
+    again = data.make_splits(cfg, half)
+    shared = set(col(again.test, "text")) & set(col(by_scale[1].test, "text"))
+    assert len(shared) > 0.9 * cfg.test_size  # the class interleaving shifts with the pool's balance, a little
+    assert not set(col(again.test, "text")) & set(col(by_scale[1].train, "text"))

@@ -2,7 +2,8 @@
 
 A Ray cluster of three nodes (``ray.cluster_utils.Cluster``: a head and two workers, 1 CPU each, all on
 127.0.0.1) runs ``kosent.ray_train.fit`` (2 workers x 1 CPU) and ``kosent.sweep.run_sweep`` (2 trials of
-2 workers, one at a time) at tiny size with ``storage_path="s3://<bucket>/runs"``. The bucket lives in
+2 workers, one at a time) at tiny size with ``storage_path="s3://<bucket>/runs"``, on training data that is
+itself in the bucket: NSMC rows as a folder of two Parquet files (``source="s3://<bucket>/data/nsmc"``). The bucket lives in
 moto's S3 server on 127.0.0.1, reached through ``AWS_ENDPOINT_URL`` (pyarrow.fs, which Ray Train and Tune
 use, honours it). No 1-CPU node can hold two 1-CPU workers, so each run has to span two nodes: the test
 asserts that from the node ids of the Ray Train worker actors (State API), per run. Then Serve (proxy on
@@ -137,8 +138,15 @@ def test_train_tune_serve_across_nodes_with_s3_storage(s3_server, nsmc_path, tmp
     assert len(r["nodes"]) == 3 and all(n["ip"] == "127.0.0.1" for n in r["nodes"]), r["nodes"]
     assert r["sockets"]["checked"] > 10 and not r["sockets"]["not_loopback"], r["sockets"]
 
+    # Data: the run's training rows came from Parquet part files in the bucket, streamed through the splits.
+    assert r["data"]["source"] == f"s3://{bucket}/data/nsmc"
+    assert (r["data"]["rows_read"], r["data"]["parts"]) == (4_000, 2), r["data"]
+    assert {f"data/nsmc/part-000{i}.parquet" for i in (0, 1)} <= set(_s3_keys(endpoint, bucket))
+
     # Train: 2 workers on 2 different nodes; checkpoints and Ray's snapshot in the bucket.
     fit = r["fit"]
+    assert fit["data_fingerprint"] == r["data"]["fingerprint"], "the checkpoint was trained on the bucket's data"
+    assert fit["data_source"] == r["data"]["source"]
     assert fit["run_dir"] == f"s3://{bucket}/runs/{fit['name']}"
     assert fit["checkpoint_uri"] == f"{fit['run_dir']}/epoch_1"
     assert [len(set(g)) for g in r["train_worker_nodes"]] == [2], r["train_worker_nodes"]
@@ -190,6 +198,28 @@ def test_train_tune_serve_across_nodes_with_s3_storage(s3_server, nsmc_path, tmp
 # --------------------------------------------------------------------------------------------------
 # The child process: cluster, Train, Tune, Serve, report
 # --------------------------------------------------------------------------------------------------
+
+
+PARQUET_ROWS = 4_000  # NSMC reviews written to the bucket, as two Parquet part files
+
+
+def _parquet_parts(folder: str) -> str:
+    """The first ``PARQUET_ROWS`` rows of the real NSMC file as ``part-0000.parquet`` and ``part-0001.parquet``
+    under ``folder`` (an s3:// prefix): the training data the Train run reads straight from the bucket."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from kosent import storage
+    from kosent.config import data_home
+    from kosent.data import read_nsmc
+
+    table = read_nsmc(data_home() / "nsmc" / "ratings_train.txt")
+    rows = pa.table({"text": table.texts[:PARQUET_ROWS], "label": table.labels[:PARQUET_ROWS]})
+    half = PARQUET_ROWS // 2
+    for i, part in enumerate((rows.slice(0, half), rows.slice(half))):
+        fs, path = storage.filesystem(storage.join(folder, f"part-{i:04d}.parquet"))
+        pq.write_table(part, path, filesystem=fs, row_group_size=500)
+    return folder
 
 
 def _socket_report(root: int) -> dict:
@@ -253,6 +283,7 @@ def child_main(argv: list[str] | None = None) -> int:
     from ray.cluster_utils import Cluster
 
     from kosent.config import DataConfig, TrainConfig
+    from kosent.data import make_splits
     from kosent.ray_train import fit
     from kosent.sweep import SweepConfig, run_sweep
 
@@ -274,12 +305,17 @@ def child_main(argv: list[str] | None = None) -> int:
                            for n in ray.nodes() if n["Alive"]]
 
         storage = f"s3://{args.bucket}/runs"
-        data = DataConfig(**DATA)
+        data = DataConfig(**DATA, source=_parquet_parts(f"s3://{args.bucket}/data/nsmc"))
+        splits = make_splits(data)  # what the run will read: the same streamed pass, here for the report
+        report["data"] = {"source": data.source, "fingerprint": splits.fingerprint,
+                          "rows_read": splits.report.rows_read, "parts": len(splits.report.parts)}
         t = time.monotonic()
         result = fit(TrainConfig(**TRAIN, storage_path=storage, name=f"mn-train-{uuid.uuid4().hex[:6]}", data=data))
         timings["train_s"] = time.monotonic() - t
+        meta = json.loads((Path(result.checkpoint) / "kosent.json").read_text(encoding="utf-8"))
         report["fit"] = {"name": result.name, "run_dir": result.run_dir, "checkpoint_uri": result.checkpoint_uri,
-                         "local_checkpoint": str(result.checkpoint), "val_macro_f1": result.metrics.get("val_macro_f1")}
+                         "local_checkpoint": str(result.checkpoint), "val_macro_f1": result.metrics.get("val_macro_f1"),
+                         "data_fingerprint": meta["data_fingerprint"], "data_source": meta["config"]["data"]["source"]}
         train_groups = _train_worker_groups(set())
         report["train_worker_nodes"] = list(train_groups.values())
 

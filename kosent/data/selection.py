@@ -127,7 +127,7 @@ class KeyWindow:
         """Lower the thresholds to what the splits and the exact figures still need. They never rise: a key
         let go once must stay out, or the figures would count it wrongly."""
         for label in range(len(self.text_limits)):
-            class_keys = self.keys[self.masks == np.uint64(1 << label)]
+            class_keys = self.keys[self.masks == _bit(label)]
             if len(class_keys) >= self.hold:
                 self.text_limits[label] = min(self.text_limits[label], class_keys[self.hold - 1])
             texts = self.texts[label]
@@ -151,26 +151,22 @@ class KeyWindow:
         # Estimated from the exact_keys smallest keys only, never from the longer text windows: the figures
         # (and the class sizes the interleaving uses) must not depend on train_size, or test would move.
         k = len(self.keys) if exact else self.exact_keys
-        sample = slice(0, k)
         scale = 1.0 if exact else (k - 1) / k * 2.0**64 / (float(self.keys[k - 1]) + 1.0)
-        keys, masks, counts = self.keys[sample], self.masks[sample], self.counts[sample]
+        masks, counts = self.masks[:k], self.counts[:k]
         single = _single(masks)
-        pool_counts = np.array(
-            [round(np.count_nonzero(masks == np.uint64(1 << label)) * scale) for label in range(n_labels)], np.int64
-        )
+        pool_counts = np.array([round(np.count_nonzero(masks == _bit(c)) * scale) for c in range(n_labels)], np.int64)
         conflicting_texts = round(np.count_nonzero(~single) * scale)
         conflicting_rows = round(int(counts[~single].sum()) * scale)
-        distinct = round(len(keys) * scale)
+        distinct = round(k * scale)
         pool = int(pool_counts.sum())
-        class_keys = [self.keys[self.masks == np.uint64(1 << label)] for label in range(n_labels)]
 
+        # Each class's held keys in key order, placed at (rank + offset) / class size, then merged.
         offsets = np.random.default_rng(self.seed).random(n_labels)  # one per class: stable for a seed
-        held = [k[k <= self.text_limits[label]] for label, k in enumerate(class_keys)]
+        held = [self.keys[(self.masks == _bit(c)) & (self.keys <= self.text_limits[c])] for c in range(n_labels)]
         sizes = np.maximum(pool_counts, 1)
-        positions = [(np.arange(len(h)) + offsets[label]) / sizes[label] for label, h in enumerate(held)]
-        pos = np.concatenate(positions) if positions else np.empty(0)
-        keys = np.concatenate(held) if held else np.empty(0, np.uint64)
-        labels = np.concatenate([np.full(len(h), label, np.int64) for label, h in enumerate(held)] or [[]])
+        pos = np.concatenate([(np.arange(len(h)) + offsets[c]) / sizes[c] for c, h in enumerate(held)])
+        keys = np.concatenate(held)
+        labels = np.concatenate([np.full(len(h), c, np.int64) for c, h in enumerate(held)])
         order = np.lexsort((keys, pos))[: min(self.want, pool)]
         if len(order):
             last = pos[order[-1]]
@@ -192,6 +188,11 @@ class KeyWindow:
             conflicting_rows=conflicting_rows,
             exact=exact,
         )
+
+
+def _bit(label: int) -> np.uint64:
+    """The mask of a text that carries ``label`` and no other."""
+    return np.uint64(1 << label)
 
 
 def _single(masks: np.ndarray) -> np.ndarray:

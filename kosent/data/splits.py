@@ -176,7 +176,7 @@ def make_splits(cfg: DataConfig, table: Table | None = None) -> Splits:
     source = table.report.source
     chosen = window.finish(source)
     if not table.texts:  # streamed: the window counted the duplicates over the whole source
-        table.report.duplicate_texts = chosen.duplicate_rows + chosen.conflicting_rows - chosen.conflicting_texts
+        table.report.duplicate_texts = window.rows - chosen.distinct_texts
         table.report.conflicting_texts = chosen.conflicting_texts
     about = "" if chosen.exact else "about "
     n_pool = chosen.pool

@@ -23,7 +23,7 @@ import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import ConfigDict, Field, ValidationError
@@ -114,6 +114,11 @@ class TrainConfig:
                                 "--unlabelled-size unlabelled texts become soft targets trained on alongside the labels")
     unlabelled_size: int | None = Field(20000, ge=0, description="unlabelled texts of the source a --teacher scores "
                                         "(never a train, validation or test text)")
+    score_on: Literal["auto", "cluster", "driver"] = Field(
+        "auto", description="where a Ray run scores its test split and a --teacher's texts: cluster (Ray Data "
+        "actors, one per worker with its CPUs and GPU share), driver (the job's own process), or auto: cluster "
+        "when the run uses GPUs or the cluster has several nodes, else driver (on one CPU node the actors' "
+        "start-up only adds time)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel; each holds a copy of the model)")
     use_gpu: bool = Field(False, description="give each Ray Train worker a GPU share (--gpus-per-worker)")
     gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share of a worker with --use-gpu: 1, or a "

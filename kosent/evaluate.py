@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from kosent import embeddings as emb_mod
 from kosent import plots
+from kosent.checkpoint import read_meta
 from kosent.metrics import Calibration, calibration, check_predictions, classification_metrics, confusion
 from kosent.predict import Predictor
 
@@ -56,13 +57,22 @@ def predict_with_progress(predictor: Predictor, texts: Sequence[str], what: str 
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, texts: list[str], labels: list[int], prefix: str = "test_"
+    checkpoint: str | Path, texts: list[str], labels: list[int], prefix: str = "test_",
+    score: Callable[[list[str]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on ``texts``; refuses data whose label names differ from the checkpoint's."""
+    """Metrics of ``checkpoint`` on ``texts``; refuses data whose label names differ from the checkpoint's.
+
+    ``score`` maps texts to the checkpoint's probabilities (``kosent.scoring.cluster_scorer`` in a Ray run);
+    by default the checkpoint is loaded and scored in this process."""
     t0 = time.perf_counter()
-    predictor = Predictor.from_checkpoint(checkpoint)
-    probs = predict_with_progress(predictor, texts, what=f"{prefix.rstrip('_')} split")
-    metrics = classification_metrics(labels, probs, predictor.label_names, prefix=prefix)
+    if score is None:
+        predictor = Predictor.from_checkpoint(checkpoint)
+        label_names = predictor.label_names
+        probs = predict_with_progress(predictor, texts, what=f"{prefix.rstrip('_')} split")
+    else:
+        label_names = read_meta(checkpoint)["label_names"]
+        probs = score(texts)
+    metrics = classification_metrics(labels, probs, label_names, prefix=prefix)
     metrics[f"{prefix}seconds"] = time.perf_counter() - t0
     metrics[f"{prefix}size"] = len(texts)
     return metrics

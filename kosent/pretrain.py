@@ -31,7 +31,7 @@ from transformers import AutoModelForMaskedLM, get_linear_schedule_with_warmup
 from kosent import batches
 from kosent.checkpoint import copy_checkpoint, load_training_state, save_training_state
 from kosent.config import PretrainConfig, to_dict
-from kosent.data import load_table, make_splits, unseen_texts
+from kosent.data import make_splits, unlabelled_pool
 from kosent.train import Session, _autocast, _optimizer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -49,21 +49,23 @@ class Corpus:
 
 
 def unlabelled_corpus(cfg: PretrainConfig) -> Corpus:
-    """Every distinct text of ``cfg.data`` except its validation and test texts, shuffled, capped."""
-    table = load_table(cfg.data)
-    splits = make_splits(cfg.data, table)  # the fine-tuning splits: their held-out texts must stay unseen
+    """Every distinct text of ``cfg.data`` except its validation and test texts, in a seeded hash order,
+    capped; the source is streamed twice (splits, then the pool), never held as a table."""
+    splits = make_splits(cfg.data)  # the fine-tuning splits: their held-out texts must stay unseen
     excluded = set(splits.validation["text"]) | set(splits.test["text"])
-    distinct = len(set(table.texts))
-    pool = unseen_texts(table, excluded, cfg.seed)
-    n_holdout = min(cfg.holdout_size, len(pool) // 10)
+    limit = cfg.holdout_size + cfg.unlabelled_size if cfg.unlabelled_size else None
+    window = unlabelled_pool(cfg.data, excluded, cfg.seed, limit)
+    pool = window.finish()
+    n_holdout = min(cfg.holdout_size, window.available // 10)
     holdout, rest = pool[:n_holdout], pool[n_holdout:]
     texts = rest[: cfg.unlabelled_size] if cfg.unlabelled_size else rest
     overlap = len(excluded.intersection(texts)) + len(excluded.intersection(holdout))
     if overlap:  # cannot happen by construction; checked because the whole point depends on it
         raise AssertionError(f"{overlap} validation/test texts leaked into the pretraining corpus")
     report = {
-        "source": cfg.data.source, "rows": len(table.texts), "distinct_texts": distinct,
-        "excluded_validation_and_test": len(excluded), "available": len(pool), "used": len(texts),
+        "source": cfg.data.source, "rows": window.rows, "distinct_texts": window.available + len(excluded),
+        "excluded_validation_and_test": len(excluded), "available": window.available,
+        "available_exact": window.available_exact, "used": len(texts),
         "holdout": len(holdout), "overlap_with_validation_and_test": overlap,
         "splits_fingerprint": splits.fingerprint, "labels_read": False,
     }

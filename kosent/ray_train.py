@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # lets dill's captured disassembly (datasets fingerprinting) leak into the logs. Propagated to the workers.
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
+import numpy as np
 import pyarrow.fs
 import ray
 import ray.train
@@ -49,7 +51,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from kosent import distill, storage
+from kosent import distill, scoring, storage
 from kosent.checkpoint import META_FILE, STATE_DIR, read_meta
 from kosent.config import TrainConfig, cache_home, from_dict, to_dict, with_absolute_paths
 from kosent.data import DataReport, Splits, make_splits, streaming
@@ -57,6 +59,7 @@ from kosent.data.splits import as_dataset
 from kosent.logs import LEVEL_ENV, QUIET_LIBRARY_ENV
 from kosent.logs import setup as setup_logging
 from kosent.metrics import BEST_METRIC, BEST_MODE
+from kosent.scoring import ScorePool
 from kosent.train import Session, seed_everything, train_loop
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,8 @@ __all__ = [
     "connect",
     "fit",
     "resolve_model",
+    "run_scorer",
+    "score_pool",
     "train_loop_per_worker",
 ]
 
@@ -181,10 +186,13 @@ def _splits_payload(splits: Splits, names: list[str]) -> dict[str, Any]:
 
 
 def _worker_splits(payload: dict[str, Any]) -> Splits:
-    """This worker's splits: its shard of train (and of unlabelled), all of validation, no test rows."""
-    unlabelled = []
+    """This worker's splits: its shard of train (and of the scored unlabelled texts), all of validation, no
+    test rows."""
+    unlabelled, probs = [], None
     if "unlabelled" in payload["datasets"]:
-        unlabelled = streaming.read_shard("unlabelled", columns=("text",)).column("text").to_pylist()
+        shard = streaming.read_shard("unlabelled", columns=("text", streaming.PROBS))
+        unlabelled = shard.column("text").to_pylist()
+        probs = streaming.probs_of(shard, len(payload["label_names"]))
     return Splits(
         train=streaming.shard_as_dataset("train"),
         validation=streaming.shard_as_dataset("validation"),
@@ -193,6 +201,7 @@ def _worker_splits(payload: dict[str, Any]) -> Splits:
         fingerprint=payload["fingerprint"],
         report=DataReport.from_dict(payload["report"]),
         unlabelled=unlabelled,
+        unlabelled_probs=probs,
     )
 
 
@@ -378,6 +387,28 @@ def check_run_folder(cfg: TrainConfig, fingerprint: str) -> str | None:
     return ckpt
 
 
+def score_pool(cfg: TrainConfig) -> ScorePool:
+    """The actors that score for a run (a teacher's unlabelled texts, the test split): one per Train worker,
+    each reserving what a worker does, so the cluster can place them whenever it can place the run."""
+    return ScorePool(actors=cfg.num_workers, cpus=float(cfg.cpus_per_worker),
+                     gpus=float(cfg.gpus_per_worker) if cfg.use_gpu else 0.0, env=_worker_env(cfg))
+
+
+def run_scorer(cfg: TrainConfig, checkpoint: str | Path, what: str) -> Callable[[list[str]], np.ndarray] | None:
+    """How a Ray run scores ``checkpoint`` (``cfg.score_on``): a function scoring on the cluster's actors
+    (``kosent.scoring``), or None: in this process. ``auto`` takes the cluster when the run uses GPUs or the
+    cluster has more than one node: on one CPU node the driver shares the actors' CPUs and skips their
+    start-up (``bench/bench_scoring.py``)."""
+    where = cfg.score_on
+    if where == "auto":
+        nodes = [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
+        where = "cluster" if cfg.use_gpu or len(nodes) > 1 else "driver"
+    if where == "driver":
+        return None
+    connect()
+    return scoring.cluster_scorer(checkpoint, score_pool(cfg), what=what)
+
+
 def _worker_env(cfg: TrainConfig) -> dict[str, str]:
     env = {"TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
            **QUIET_LIBRARY_ENV}
@@ -401,7 +432,9 @@ def build_trainer(
     """The TorchTrainer for ``cfg``; runs at ``<storage_path>/<name>`` (see the module docstring on resume)."""
     cfg = _with_run_location(cfg)
     resources = worker_resources(cfg)
-    splits = distill.with_unlabelled(cfg, splits)  # each worker's teacher scores its shard, on its device
+    if cfg.teacher and splits.unlabelled_probs is None:  # each text scored once, before training
+        distill.check_teacher(cfg.teacher, splits.label_names)
+        splits = distill.with_unlabelled(cfg, splits, run_scorer(cfg, cfg.teacher, "unlabelled texts"))
     datasets = streaming.to_ray_datasets(splits)
     config: dict[str, Any] = {"train_config": to_dict(cfg), "splits": _splits_payload(splits, list(datasets))}
     return TorchTrainer(

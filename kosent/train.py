@@ -196,7 +196,7 @@ def train_loop(
     model, tokenizer = load_model_and_tokenizer(cfg.model, label_names, cfg.pooling)
     pad_id = tokenizer.pad_token_id
     val = splits.validation.to_dict()  # column access is row by row
-    train_enc = distill.training_set(cfg, splits, tokenizer, session.device, quiet=session.rank != 0)
+    train_enc = distill.training_set(cfg, splits, tokenizer)
     val_enc = batches.encode(tokenizer, val["text"], val["label"], cfg.max_length)
 
     # The rows are this process's own: all of them in one process, a Ray Train worker's equal shard

@@ -89,8 +89,11 @@ def _outputs(cfg: Any, splits: Any, result: Any, run: Any) -> int:
     from kosent.evaluate import evaluate_checkpoint
     from kosent.manifest import write_manifest
     from kosent.plots import plot_learning_curves
+    from kosent.ray_train import run_scorer
 
-    test = evaluate_checkpoint(result.checkpoint, list(splits.test["text"]), list(splits.test["label"]))
+    # Scored once: on the cluster's actors or in this process (--score-on).
+    scorer = run_scorer(cfg, result.checkpoint_uri or str(result.checkpoint), "test split")
+    test = evaluate_checkpoint(result.checkpoint, list(splits.test["text"]), list(splits.test["label"]), score=scorer)
     remote = storage.is_uri(result.run_dir)
     out_dir = Path(tempfile.mkdtemp(prefix="kosent-run-")) if remote else Path(result.run_dir)
     cfg_dict = to_dict(cfg) | {"name": result.name}

@@ -22,8 +22,10 @@ The package, one stage a module (callers import from ``kosent.data`` alone):
     readers.py   files: read_nsmc, read_kmhas, read_table (CSV/TSV/JSON lines/Parquet), read_path
     remote.py    read_hf (Hugging Face hub), fetch_url / read_url (downloaded once, sha256-checked)
     sources.py   load_table: a DataConfig's source (nsmc, kmhas, hf:<id>, URL, path) -> Table
-    selection.py KeyWindow: the one streaming pass that picks split rows by the hash of their text
-    splits.py    make_splits: de-duplicated, stratified, nested train / validation / test, fingerprinted
+    selection.py KeyWindow: the one streaming pass that picks split rows by the hash of their text;
+                 UnseenWindow: the unlabelled pool, the same way
+    splits.py    make_splits: de-duplicated, stratified, nested train / validation / test, fingerprinted;
+                 unlabelled_pool: the pool of distillation and pretraining, streamed
     streaming.py splits as Ray Datasets, a Train worker's shard (imported by kosent.ray_train, not here:
                  ``import kosent.data`` does not import Ray)
 """
@@ -33,7 +35,7 @@ from kosent.data.readers import TABLE_SUFFIXES, concat_tables, read_kmhas, read_
 from kosent.data.remote import fetch_url, read_hf, read_url
 from kosent.data.report import DataError, DataReport, Table
 from kosent.data.sources import load_table
-from kosent.data.splits import SPLIT_NAMES, Splits, make_splits, split_fingerprint, unseen_texts
+from kosent.data.splits import SPLIT_NAMES, Splits, make_splits, split_fingerprint, unlabelled_pool
 
 __all__ = [
     "DataError",
@@ -51,7 +53,7 @@ __all__ = [
     "load_table",
     "make_splits",
     "split_fingerprint",
-    "unseen_texts",
+    "unlabelled_pool",
     "NSMC_LABEL_NAMES",
     "KMHAS_LABEL_NAMES",
     "SPLIT_NAMES",

@@ -37,6 +37,7 @@ EXACT_KEYS = 200_000
 BATCH_ROWS = 65_536
 MAX_LABELS = 64  # a label is one bit of a 64-bit mask
 _NO_LIMIT = np.uint64(np.iinfo(np.uint64).max)
+_ALL_KEYS = 2**64 - 1  # the same bound, as a Python int (the keys of UnseenWindow are Python ints)
 
 
 def text_key(text: str, seed: int) -> int:
@@ -188,6 +189,62 @@ class KeyWindow:
             conflicting_rows=conflicting_rows,
             exact=exact,
         )
+
+
+class UnseenWindow:
+    """The unlabelled pool of distillation and pretraining in one streaming pass: the distinct texts not in
+    ``excluded``, in the order of a seeded hash of each (labels never read), at most ``limit`` of them.
+
+    Holds at most about ``2 * limit`` texts (all of them without a limit). The order is a hash order, as for
+    the splits, but under its own salt, so the pool is not the continuation of the training split's order.
+    ``available`` counts the candidate texts: exact while nothing was let go, else estimated from the
+    ``limit``-th smallest key (``available_exact`` says which)."""
+
+    SALT = 0x5EED_0F_0001  # mixed into the seed: a pool order unrelated to the split order of the same seed
+
+    def __init__(self, excluded: set[str], seed: int, limit: int | None = None):
+        self.excluded, self.seed, self.limit = excluded, seed ^ self.SALT, limit
+        self.held: dict[int, str] = {}
+        self.threshold = _ALL_KEYS  # keys above it were let go (only ever lowered)
+        self.rows = 0
+
+    def start(self, label_names: list[str]) -> None:
+        """Labels play no part in the pool (every reader announces them)."""
+
+    def add(self, text: str, label: int) -> None:
+        self.rows += 1
+        if text in self.excluded:
+            return
+        key = text_key(text, self.seed)
+        if key > self.threshold:
+            return
+        self.held.setdefault(key, text)
+        if self.limit is not None and len(self.held) >= 2 * self.limit + 1_024:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        keep = sorted(self.held)[: self.limit]
+        if keep:
+            self.threshold = keep[-1]
+            self.held = {k: self.held[k] for k in keep}
+
+    @property
+    def available_exact(self) -> bool:
+        return self.threshold == _ALL_KEYS
+
+    @property
+    def available(self) -> int:
+        """Distinct texts outside ``excluded`` in the source (estimated once texts were let go: every held
+        key is at most ``threshold``, and k of n uniform keys fall below it when it is near k/n)."""
+        if self.available_exact:
+            return len(self.held)
+        return round((len(self.held) - 1) * 2.0**64 / (self.threshold + 1.0))
+
+    def finish(self) -> list[str]:
+        """The pool in key order, at most ``limit`` texts."""
+        if self.limit is not None and len(self.held) > self.limit:
+            self._shrink()
+        return [self.held[k] for k in sorted(self.held)]
 
 
 def _bit(label: int) -> np.uint64:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow as pa
 
 from kosent.config import DataConfig
 from kosent.data.report import DataError, DataReport, Table, rows_to
-from kosent.data.selection import KeyWindow
+from kosent.data.selection import KeyWindow, UnseenWindow
 from kosent.data.sources import load_table
 
 if TYPE_CHECKING:
@@ -47,9 +46,11 @@ class Splits:
     label_names: list[str]
     fingerprint: str
     report: DataReport
-    # Texts of the source outside all three splits, for distillation (kosent.distill fills it when a run has
-    # a teacher); not part of the fingerprint and not saved by ``save``.
+    # Texts of the source outside all three splits and the teacher's probabilities for them (rows x labels),
+    # for distillation (kosent.distill fills both when a run has a teacher); not part of the fingerprint and
+    # not saved by ``save``.
     unlabelled: list[str] = field(default_factory=list)
+    unlabelled_probs: np.ndarray | None = None
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLIT_NAMES}
@@ -103,14 +104,17 @@ class Splits:
         )
 
 
-def unseen_texts(table: Table, excluded: set[str], seed: int) -> list[str]:
-    """Every distinct text of ``table`` not in ``excluded``, in a seeded random order (labels unread).
+def unlabelled_pool(cfg: DataConfig, excluded: set[str], seed: int, limit: int | None = None) -> UnseenWindow:
+    """The unlabelled pool of pretraining and distillation, streamed from ``cfg``'s source (labels unread):
+    every distinct text not in ``excluded``, in a seeded hash order, at most ``limit``; ``.finish()`` gives
+    the texts, ``.available`` how many there were to choose from.
 
-    The unlabelled pools of pretraining and distillation: ``excluded`` holds the texts a run must never
-    train on without their labels (validation and test, and for distillation the training texts too)."""
-    pool = [t for t in dict.fromkeys(table.texts) if t not in excluded]
-    random.Random(seed).shuffle(pool)
-    return pool
+    ``excluded`` holds the texts a run must never train on without their labels (validation and test, and
+    for distillation the training texts too)."""
+    window = UnseenWindow(excluded, seed, limit)
+    with rows_to(window):
+        load_table(cfg)
+    return window
 
 
 def as_dataset(texts: Sequence[str] | pa.Array, labels: Sequence[int] | pa.Array) -> datasets.Dataset:

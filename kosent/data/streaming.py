@@ -5,9 +5,10 @@
     read_shard(name)            worker: its rows of one dataset, as an Arrow table
     shard_as_dataset(name)      worker: the same as the ``datasets.Dataset`` the training loop takes
 
-``train`` (and, for distillation, ``unlabelled``) is split into equal, disjoint shards, one per worker
+``train`` (and, for distillation, ``unlabelled``: the texts with the teacher's probabilities, scored once
+before training by ``kosent.scoring``) is split into equal, disjoint shards, one per worker
 (``streaming_split(equal=True)``): a worker tokenizes and batches only its shard, so the work per worker
-shrinks as workers are added, and a teacher scores each unlabelled text once in the cluster. ``validation``
+shrinks as workers are added. ``validation``
 is not split: every worker reads it whole (it is ``val_size`` rows) and scores its share by index, as the
 loop does in one process. Order is preserved, so the same splits give every worker the same rows in every
 attempt: a resumed or restarted run replays the uninterrupted one.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 import ray.data
 import ray.train
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     import datasets
 
 SPLIT_ACROSS_WORKERS = ("train", "unlabelled")
+PROBS = "probs"  # the column of scored rows: one fixed-size list of label probabilities per text
 BLOCK_ROWS = 4096  # rows per block: enough blocks for shards to be balanced without splitting many
 
 
@@ -46,17 +49,35 @@ def _table(ds: datasets.Dataset) -> pa.Table:
     return ds.with_format("arrow")[:].select(["text", "label"])
 
 
+def probs_column(probs: np.ndarray) -> pa.Array:
+    """``(n, labels)`` probabilities as an Arrow column (one fixed-size list of float32 per row)."""
+    probs = np.asarray(probs, np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(probs.ravel(), pa.float32()), probs.shape[1])
+
+
+def probs_of(table: pa.Table, labels: int) -> np.ndarray:
+    """The ``probs`` column of scored rows as an ``(n, labels)`` array."""
+    if table.num_rows == 0:
+        return np.zeros((0, labels), np.float32)
+    column = table.column(PROBS).combine_chunks()
+    return np.asarray(column.flatten(), dtype=np.float32).reshape(-1, column.type.list_size)
+
+
 def to_ray_datasets(splits: Splits) -> dict[str, ray.data.Dataset]:
     """``train`` and ``validation`` (and ``unlabelled`` when a teacher filled it) for ``TorchTrainer(datasets=)``.
 
-    The test split is not among them: it is scored once on the driver after training."""
+    The test split is not among them: it is scored once after training (``kosent.scoring``)."""
     out = {
         "train": ray.data.from_arrow(_blocks(_table(splits.train))),
         "validation": ray.data.from_arrow(_blocks(_table(splits.validation))),
     }
     if splits.unlabelled:
-        texts = pa.table({"text": pa.array(splits.unlabelled, pa.string())})
-        out["unlabelled"] = ray.data.from_arrow(_blocks(texts))
+        if splits.unlabelled_probs is None:
+            raise ValueError("unlabelled texts without the teacher's probabilities: fill both with "
+                             "kosent.distill.with_unlabelled")
+        scored = pa.table({"text": pa.array(splits.unlabelled, pa.string()),
+                           PROBS: probs_column(splits.unlabelled_probs)})
+        out["unlabelled"] = ray.data.from_arrow(_blocks(scored))
     return out
 
 
@@ -77,7 +98,7 @@ def read_shard(name: str, columns: tuple[str, ...] = ("text", "label")) -> pa.Ta
     shard = ray.train.get_dataset_shard(name)
     tables = [t.select(list(columns)) for t in shard.iter_batches(batch_size=None, batch_format="pyarrow")]
     if not tables:  # a split smaller than the number of workers
-        types = {"text": pa.string(), "label": pa.int64()}
+        types = {"text": pa.string(), "label": pa.int64(), PROBS: pa.list_(pa.float32(), 1)}
         return pa.table({c: pa.array([], types[c]) for c in columns})
     return pa.concat_tables(tables)
 
@@ -88,4 +109,4 @@ def shard_as_dataset(name: str) -> datasets.Dataset:
     return as_dataset(table.column("text").combine_chunks(), table.column("label").combine_chunks())
 
 
-__all__ = ["data_config", "read_shard", "shard_as_dataset", "to_ray_datasets"]
+__all__ = ["PROBS", "data_config", "probs_column", "probs_of", "read_shard", "shard_as_dataset", "to_ray_datasets"]

@@ -101,12 +101,16 @@ def finalize(path: str | Path, sweep: SweepConfig, base: TrainConfig, seconds: f
         from kosent.data import make_splits
         from kosent.evaluate import evaluate_checkpoint
         from kosent.manifest import MANIFEST_FILE, write_manifest
+        from kosent.ray_train import run_scorer
 
         splits = make_splits(dataclasses.replace(base.data, scale=best.scale))
         log.info(f"best trial {best.trial_id} (lr {best.lr:g}, scale {best.scale}, "
                  f"{''.join(f'{k} {v}, ' for k, v in best.params.items())}epoch {best.best_epoch}, "
                  f"val_macro_f1 {best.val_macro_f1:.4f}); scoring it once on {len(splits.test)} test rows")
-        test_metrics = evaluate_checkpoint(best.checkpoint, list(splits.test["text"]), list(splits.test["label"]))
+        # On the cluster's actors, as many as a trial has Train workers, or in this process (score_on).
+        scorer = run_scorer(base, best.checkpoint, "test split")
+        test_metrics = evaluate_checkpoint(best.checkpoint, list(splits.test["text"]), list(splits.test["label"]),
+                                           score=scorer)
         val_metrics = dict(best.val_metrics)
         manifest = write_manifest(
             path / MANIFEST_FILE, best.checkpoint, val_metrics=val_metrics, test_metrics=test_metrics,

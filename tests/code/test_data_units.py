@@ -16,7 +16,7 @@ import pytest
 
 from kosent import data
 from kosent.config import DataConfig
-from kosent.data.selection import KeyWindow, text_key
+from kosent.data.selection import KeyWindow, UnseenWindow, text_key
 from kosent.text import normalize
 
 
@@ -539,6 +539,36 @@ def test_key_window_holds_bounded_texts_and_estimates_beyond_its_exact_keys():
     # The first rows (test, validation) stay put when the training share grows past the exact keys.
     bigger = _window(rows, 5_000, classes="ab", exact_keys=3_000).finish("t")
     assert bigger.texts[:200] == sketched.texts and bigger.pool == sketched.pool
+
+
+def _pool(rows, excluded, limit, seed=3) -> UnseenWindow:
+    window = UnseenWindow(excluded, seed, limit)
+    window.start(["a", "b"])
+    for text, label in rows:
+        window.add(text, label)
+    return window
+
+
+def test_unseen_pool_is_a_nested_hash_order_without_the_excluded_texts():
+    rows = [(f"text {i}", i % 2) for i in range(20_000)]
+    rows += rows[:2_000]  # repeats count once
+    excluded = {f"text {i}" for i in range(0, 20_000, 7)}
+    whole = _pool(rows, excluded, None)
+    everything = whole.finish()
+    assert whole.available_exact and whole.available == len(everything) == 20_000 - len(excluded)
+    assert not excluded.intersection(everything) and len(set(everything)) == len(everything)
+    assert whole.rows == 22_000
+    shuffled = rows[:]
+    random.Random(0).shuffle(shuffled)
+    assert _pool(shuffled, excluded, None).finish() == everything  # the seed orders it, not the file
+    # A cap keeps the first texts of that order, so a larger cap contains a smaller one, in bounded memory.
+    capped = _pool(rows, excluded, 1_000)
+    assert capped.finish() == everything[:1_000] and len(capped.held) <= 2 * 1_000 + 1_024
+    assert not capped.available_exact and abs(capped.available - len(everything)) / len(everything) < 0.1
+    assert _pool(rows, excluded, 3_000).finish()[:1_000] == everything[:1_000]
+    # Its own order, not the split order of the same seed.
+    assert everything[:50] != sorted(everything, key=lambda t: text_key(t, 3))[:50]
+    assert _pool(rows, excluded, None, seed=4).finish() != everything
 
 
 def test_splits_save_load_round_trip(tmp_path):

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kosent.config import DataConfig
@@ -37,6 +38,7 @@ def _shards(splits, out: Path, workers: int = 2) -> list[dict]:
         rank = ray.train.get_context().get_world_rank()
         got = {"train": list(splits.train["text"]), "train_labels": list(splits.train["label"]),
                "validation": list(splits.validation["text"]), "unlabelled": splits.unlabelled,
+               "unlabelled_probs": splits.unlabelled_probs.tolist(),
                "test": len(splits.test), "fingerprint": splits.fingerprint}
         Path(config["out"], f"rank_{rank}.json").write_text(json.dumps(got, ensure_ascii=False), encoding="utf-8")
 
@@ -58,7 +60,8 @@ def _shards(splits, out: Path, workers: int = 2) -> list[dict]:
 def test_each_worker_gets_an_equal_disjoint_shard_that_repeats_run_after_run(ray_cluster, nsmc_path, tmp_path):
     splits = make_splits(dataclasses.replace(DATA, path=str(nsmc_path)))
     unlabelled = [f"라벨 없는 문장 {i}" for i in range(41)]
-    splits = dataclasses.replace(splits, unlabelled=unlabelled)
+    probs = np.stack([np.arange(41) / 64, 1 - np.arange(41) / 64], axis=1).astype(np.float32)  # a teacher's
+    splits = dataclasses.replace(splits, unlabelled=unlabelled, unlabelled_probs=probs)
     first = _shards(splits, tmp_path / "first")
 
     train = list(splits.train["text"])
@@ -72,6 +75,9 @@ def test_each_worker_gets_an_equal_disjoint_shard_that_repeats_run_after_run(ray
         assert shard["test"] == 0 and shard["fingerprint"] == splits.fingerprint
     u0, u1 = (set(s["unlabelled"]) for s in first)
     assert len(u0) == len(u1) == 20 and not u0 & u1 and (u0 | u1) <= set(unlabelled)
+    for shard in first:  # the teacher's probabilities travel with their texts
+        want = [probs[unlabelled.index(t)].tolist() for t in shard["unlabelled"]]
+        assert shard["unlabelled_probs"] == want
 
     again = _shards(splits, tmp_path / "again")
     assert [s["train"] for s in again] == [s["train"] for s in first], "the same rows, in the same order"

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import kosent.pretrain as pretrain_mod
 from kosent.config import DataConfig, PretrainConfig, TrainConfig
-from kosent.data import make_splits
+from kosent.data import load_table, make_splits
 from kosent.pretrain import fit_pretrain, mask_tokens, pretrain_loop, unlabelled_corpus
 from kosent.train import Session, fit_local
 
@@ -27,8 +27,13 @@ def test_corpus_excludes_every_validation_and_test_text(nsmc_path):
     assert not set(corpus.texts) & set(corpus.holdout)
     assert corpus.report["overlap_with_validation_and_test"] == 0 and corpus.report["labels_read"] is False
     # Everything else is there: distinct texts minus the 300 validation + test texts minus the holdout.
-    assert len(corpus.texts) + len(corpus.holdout) == corpus.report["distinct_texts"] - len(held_out)
+    distinct = len(set(load_table(DATA).texts))
+    assert corpus.report["distinct_texts"] == distinct and corpus.report["available_exact"]
+    assert len(corpus.texts) + len(corpus.holdout) == distinct - len(held_out) == corpus.report["available"]
     assert len(corpus.texts) > 140_000
+    # A capped corpus is the start of the same order (the holdout first), read in bounded memory.
+    capped = unlabelled_corpus(PretrainConfig(data=DATA, unlabelled_size=2_000, holdout_size=300))
+    assert capped.holdout == corpus.holdout and capped.texts == corpus.texts[:2_000]
 
 
 def test_masking_follows_bert_proportions():

@@ -313,9 +313,10 @@ def test_two_workers_distil_from_a_teacher_with_mean_pooling(ray_cluster, base_c
 
     teacher = fit_local(TrainConfig(model="tfidf", data=base_cfg.data), splits, out_dir=tmp_path / "teacher").checkpoint
     cfg = dataclasses.replace(base_cfg, name="distil", epochs=1, teacher=str(teacher), unlabelled_size=340,
-                              pooling="mean", layer_decay=0.9)
+                              pooling="mean", layer_decay=0.9, score_on="cluster")
     result = fit(cfg, splits)
-    # The driver sent the unlabelled texts; each worker scored its share of (300 + 340) rows with the teacher.
+    # Ray Data actors scored the 340 texts before the 2 Train workers (holding both CPUs) started; each worker
+    # trained on its share of the (300 + 340) rows and their targets.
     assert result.metrics["step"] == -(-(300 + 340) // 32) // 2
     meta = json.loads((Path(result.checkpoint) / "kosent.json").read_text())
     assert meta["config"]["teacher"] == str(teacher) and meta["config"]["pooling"] == "mean"

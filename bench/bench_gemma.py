@@ -10,8 +10,9 @@ training step costs with parts of the encoder frozen.
    own classification prompt (``task: classification | query: ``) in front of every text.
 2. Step cost. Each variant runs in a fresh subprocess (its peak RSS is its own): a forward + backward +
    AdamW step on 16 real reviews x 64 tokens, median of ``--steps`` after two warm-up steps, for the full
-   encoder, the embeddings frozen (``--freeze-embeddings``), and the embeddings plus the lower half of the
-   layers frozen (``--frozen-layers 12``), with e5-small-ko's full step as the yardstick.
+   encoder, the embeddings frozen (``--freeze-embeddings``), the embeddings plus the lower half of the
+   layers frozen (``--frozen-layers 12``), and LoRA adapters of rank 16 (``--lora-rank 16``) on every layer
+   or on the upper half, with e5-small-ko's full step as the yardstick.
 Prints tables; writes nothing.
 """
 
@@ -109,6 +110,8 @@ STEP_VARIANTS = {
     "gemma-ko, full": ("gemma-ko", {}),
     "gemma-ko, embeddings frozen": ("gemma-ko", {"freeze_embeddings": True}),
     "gemma-ko, embeddings + 12 layers frozen": ("gemma-ko", {"freeze_embeddings": True, "frozen_layers": 12}),
+    "gemma-ko, LoRA rank 16, all layers": ("gemma-ko", {"lora_rank": 16}),
+    "gemma-ko, LoRA rank 16, 12 layers frozen": ("gemma-ko", {"lora_rank": 16, "frozen_layers": 12}),
 }
 
 
@@ -116,7 +119,7 @@ def step_child(variant: str, threads: int, steps: int) -> dict:
     import torch
 
     from kosent.config import TrainConfig
-    from kosent.models import freeze, load_model_and_tokenizer
+    from kosent.models import freeze, load_model_and_tokenizer, lora
     from kosent.train import _optimizer
 
     torch.set_num_threads(threads)
@@ -125,6 +128,8 @@ def step_child(variant: str, threads: int, steps: int) -> dict:
     cfg = TrainConfig(model=model_name, pooling="mean", lr=1e-4, **frozen)
     model, tok = load_model_and_tokenizer(cfg.model, ["negative", "positive"], cfg.pooling)
     freeze(model, cfg.freeze_embeddings, cfg.frozen_layers)
+    if cfg.lora_rank:
+        model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.frozen_layers)
     sample = random.Random(0).sample(nsmc_rows(), 16)
     batch = tok([t for t, _ in sample], padding="max_length", truncation=True, max_length=64, return_tensors="pt")
     labels = torch.tensor([label for _, label in sample])

@@ -35,6 +35,7 @@ from kosent.storage import copy_files, exists, is_uri, read_text
 
 META_FILE = "kosent.json"
 STATE_DIR = "training_state"
+LORA_STATE_FILE = "lora.safetensors"  # in STATE_DIR: a LoRA run's adapters and head (kosent.models.lora)
 
 
 class CheckpointError(ValueError):

@@ -118,6 +118,10 @@ class TrainConfig:
                                     "of its parameters)")
     frozen_layers: int = Field(0, ge=0, description="keep the embeddings and the lowest N encoder layers as "
                                "pretrained: no backward pass below layer N")
+    lora_rank: int = Field(0, ge=0, description="LoRA: train rank-R adapters on the linear layers of the encoder "
+                           "layers above --frozen-layers, the pretrained weights frozen, the head in full; "
+                           "checkpoints hold the merged weights (0: off, train the weights themselves)")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scale: the adapters' update is multiplied by alpha / rank")
     teacher: str | None = Field(None, description="distillation: a checkpoint whose probabilities on "
                                 "--unlabelled-size unlabelled texts become soft targets trained on alongside the labels")
     unlabelled_size: int | None = Field(20000, ge=0, description="unlabelled texts of the source a --teacher scores "
@@ -143,6 +147,11 @@ class TrainConfig:
     data: DataConfig = Field(default_factory=DataConfig, description="which data and how it is split")
 
 
+#: TrainConfig fields only fine-tuning a classifier reads: masked-LM pretraining has no flag for them and
+#: refuses them (from YAML or Python) rather than ignore them.
+CLASSIFIER_ONLY = ("pooling", "freeze_embeddings", "frozen_layers", "lora_rank", "lora_alpha", "teacher", "score_on")
+
+
 @config_dataclass
 class PretrainConfig(TrainConfig):
     """Domain-adaptive masked-LM pretraining (``ray_jobs/pretrain.py``, ``kosent.pretrain``).
@@ -156,11 +165,21 @@ class PretrainConfig(TrainConfig):
     max_length: int = Field(64, ge=8, description="tokens per text; longer texts are cut")
     storage_path: str = Field("runs/pretrain", description="folder or URI where the adapted encoder's run is made")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="share of tokens masked for the masked-LM loss")
+    unlabelled_size: int | None = Field(20000, ge=0, description="distinct texts of the source to pretrain "
+                                        "on, labels unread (never a validation or test text; 0: all of them)")
     holdout_size: int = Field(500, ge=1, description="corpus texts held out to measure masked-LM loss")
     # e5 ships without a masked-LM head: gradients from a random head would otherwise pull the encoder off course
     # (docs/IMPROVING.md). The decoder is tied to the word embeddings, so only the head's transform and bias learn.
     head_warmup_ratio: float = Field(0.3, ge=0, le=1, description="share of the steps that train the masked-LM "
                                      "head alone, the encoder frozen")
+
+    def __post_init__(self) -> None:
+        defaults = TrainConfig()
+        given = [f"{name} {getattr(self, name)!r}" for name in CLASSIFIER_ONLY
+                 if getattr(self, name) != getattr(defaults, name)]
+        if given:
+            raise ValueError(f"{', '.join(given)}: settings of fine-tuning a classifier, not of masked-LM "
+                             "pretraining (leave them unset)")
 
 
 def absolute_local(value: Any, keep: Iterable[str] = ()) -> Any:

@@ -5,6 +5,8 @@ pre-hook in the same pass that produces the probabilities (one pass, no second m
 
 - BERT-style models (``BertForSequenceClassification``: e5-small-ko, tiny, ...): the pooled first-token
   vector (``tanh(W h_[CLS])``) that ``classifier`` receives (dropout is off in eval mode).
+- Mean-pooled heads (``--pooling mean``: BERT mean pooling, gemma-ko): the masked mean of the last layer
+  over the real tokens, which is what their ``classifier`` receives.
 - Heads that take the whole sequence (RoBERTa / XLM-R / ELECTRA ``ClassificationHead``): its first token.
 - The GRU baselines: the masked mean of the GRU states that their ``classifier`` receives.
 - TF-IDF: the sparse TF-IDF vector the logistic regression sees; projections reduce it with a

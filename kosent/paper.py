@@ -38,7 +38,7 @@ from kosent.data import DataError, DataReport, Splits, Table, load_table, make_s
 from kosent.storage import is_uri
 
 EXPERIMENTS = ("baselines", "scale", "kmhas")
-DEFAULT_LRS = {"e5-small-ko": 5e-5, "e5-small": 5e-5, "tiny": 3e-3, "rnn": 2e-3, "birnn": 2e-3}
+DEFAULT_LRS = {"e5-small-ko": 5e-5, "e5-small": 5e-5, "gemma-ko": 5e-5, "tiny": 3e-3, "rnn": 2e-3, "birnn": 2e-3}
 FALLBACK_LR = 5e-5  # Hugging Face encoders by hub id or folder
 NON_TRANSFORMERS = ("tfidf", "rnn", "birnn")
 DRIVER_CPUS = 0.01  # the Ray task that drives one Train run (as Tune's trial driver in kosent.sweep)
@@ -83,7 +83,9 @@ class PaperConfig:
     batch_size: int = Field(32, description="training texts per optimizer step")
     max_length: int = Field(128, description="tokens per text")
     lrs: dict[str, float] = Field(default_factory=dict, description="learning rate per model, MODEL=LR (defaults: "
-                                  "e5 5e-5, rnn/birnn 2e-3, tiny 3e-3)")
+                                  "e5 and gemma-ko 5e-5, rnn/birnn 2e-3, tiny 3e-3)")
+    frozen_layers: dict[str, int] = Field(default_factory=dict, description="encoder layers kept as pretrained per "
+                                          "model, MODEL=N (gemma-ko=12 on a CPU: docs/IMPROVING.md); default 0")
     num_workers: int = Field(1, description="Ray Train workers per run")
     cpus_per_worker: float = Field(1.0, description="CPUs per Ray Train worker")
     use_gpu: bool = Field(False, description="a GPU share (--gpus-per-worker) per Ray Train worker")
@@ -139,6 +141,11 @@ class PaperConfig:
         bad_lrs = {m: v for m, v in self.lrs.items() if not v > 0}
         if bad_lrs:
             raise PaperError(f"learning rates must be positive, got {bad_lrs}")
+        run = set(self.models) | set(self.scale_models) | set(self.kmhas_models)
+        bad_frozen = {m: n for m, n in self.frozen_layers.items() if m not in run or n < 0 or m in NON_TRANSFORMERS}
+        if bad_frozen:
+            raise PaperError(f"frozen_layers {bad_frozen}: give a transformer model this job trains ({', '.join(sorted(run))}) "
+                             "and a count >= 0")
 
     def data(self, source: str = "nsmc", scale: int = 1) -> DataConfig:
         return DataConfig(source=source, train_size=self.train_size, val_size=self.val_size,
@@ -147,7 +154,7 @@ class PaperConfig:
     def train_config(self, model: str, data: DataConfig, storage: Path, name: str, epochs: int) -> TrainConfig:
         return TrainConfig(
             model=model, epochs=epochs, lr=self.lr(model), batch_size=self.batch_size, max_length=self.max_length,
-            max_steps=self.max_steps, seed=self.seed, num_workers=self.num_workers,
+            frozen_layers=self.frozen_layers.get(model, 0), max_steps=self.max_steps, seed=self.seed, num_workers=self.num_workers,
             cpus_per_worker=self.cpus_per_worker, use_gpu=self.use_gpu, gpus_per_worker=self.gpus_per_worker,
             storage_path=str(storage), name=name,
             patience=max(2, epochs), tracking=self.tracking, data=data,

@@ -209,7 +209,9 @@ def render(result: PaperResult, info: dict[str, Any], command: str, figs: dict[s
         + f", {pcfg.num_workers} Ray Train worker(s) x {pcfg.cpus_per_worker:g} CPU"
         + (" + 1 GPU" if pcfg.use_gpu else "") + "; learning rates: "
         + ", ".join(f"{m} {pcfg.lr(m):g}" for m in dict.fromkeys(pcfg.models + pcfg.scale_models + pcfg.kmhas_models)
-                    if m != "tfidf") + ". Checkpoints are chosen on the validation split; each test split is scored once.",
+                    if m != "tfidf")
+        + "".join(f"; {m} with its lowest {n} layers frozen" for m, n in pcfg.frozen_layers.items() if n)
+        + ". Checkpoints are chosen on the validation split; each test split is scored once.",
         "",
     ]
     out += _baselines(result, figs, link, image)

@@ -20,15 +20,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import get_linear_schedule_with_warmup
 
 from kosent import batches, distill
-from kosent.checkpoint import load_training_state, read_meta, save_checkpoint, save_training_state, write_meta
+from kosent.checkpoint import (
+    LORA_STATE_FILE,
+    STATE_DIR,
+    load_training_state,
+    read_meta,
+    save_checkpoint,
+    save_training_state,
+    write_meta,
+)
 from kosent.config import TrainConfig, to_dict
 from kosent.data import Splits, make_splits
 from kosent.metrics import BEST_METRIC, classification_metrics
-from kosent.models import freeze, layer_depth, load_model_and_tokenizer
+from kosent.models import ModelError, freeze, layer_depth, load_model_and_tokenizer, lora
 from kosent.models.tfidf import TfidfClassifier
 
 log = logging.getLogger(__name__)
@@ -186,6 +194,8 @@ def train_loop(
     label_names = splits.label_names
     model, tokenizer = load_model_and_tokenizer(cfg.model, label_names, cfg.pooling)
     freeze(model, cfg.freeze_embeddings, cfg.frozen_layers)
+    if cfg.lora_rank:
+        model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.frozen_layers)
     pad_id = tokenizer.pad_token_id
     val = splits.validation.to_dict()  # column access is row by row
     train_enc = distill.training_set(cfg, splits, tokenizer)
@@ -205,7 +215,10 @@ def train_loop(
     best, bad_epochs = -1.0, 0
     restore = session.restore_dir()
     if restore is not None:
-        model.load_state_dict(load_file(str(restore / "model.safetensors")))
+        if cfg.lora_rank:  # the pretrained weights as loaded, plus the adapters and head that trained
+            lora.load_trainable_state(model, load_file(str(restore / STATE_DIR / LORA_STATE_FILE)))
+        else:
+            model.load_state_dict(load_file(str(restore / "model.safetensors")))
         progress = load_training_state(restore, optimizer, scheduler)
         start_epoch, step, history = progress["epoch"], progress["step"], progress["history"]
         best, bad_epochs = progress["best"], progress["bad_epochs"]
@@ -215,8 +228,10 @@ def train_loop(
 
     if session.rank == 0:
         params = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info(
-            f"training {cfg.model} ({params / 1e6:.1f}M parameters) on {len(train_enc):,} texts per worker x "
+            f"training {cfg.model} ({params / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M of them trained"
+            f"{f', LoRA rank {cfg.lora_rank}' if cfg.lora_rank else ''}) on {len(train_enc):,} texts per worker x "
             f"{cfg.epochs} epochs, {session.world_size} worker(s), {steps_per_epoch} steps/epoch/worker, "
             f"device {session.device}"
         )
@@ -287,13 +302,15 @@ def train_loop(
             )
             ckpt_dir = Path(tempfile.mkdtemp(prefix="kosent-ckpt-"))
             save_checkpoint(
-                ckpt_dir, model, tokenizer, label_names=label_names, metrics=metrics,
+                ckpt_dir, lora.merged(model), tokenizer, label_names=label_names, metrics=metrics,
                 config=to_dict(cfg), data_fingerprint=splits.fingerprint,
             )
             save_training_state(
                 ckpt_dir, optimizer, scheduler,
                 {"epoch": epoch + 1, "step": step, "history": history, "best": best, "bad_epochs": bad_epochs},
             )
+            if cfg.lora_rank:
+                save_file(lora.trainable_state(model), str(ckpt_dir / STATE_DIR / LORA_STATE_FILE))
         session.report(metrics, ckpt_dir)
         if stop:
             if session.rank == 0 and epoch + 1 < cfg.epochs:
@@ -304,6 +321,11 @@ def train_loop(
 
 def fit_tfidf(cfg: TrainConfig, splits: Splits, out: Path) -> TrainResult:
     """The TF-IDF + logistic regression baseline, saved as a checkpoint folder like every other model."""
+    encoder_only = {"pooling": cfg.pooling, "freeze_embeddings": cfg.freeze_embeddings,
+                    "frozen_layers": cfg.frozen_layers, "lora_rank": cfg.lora_rank}
+    given = [f"{name} {value}" for name, value in encoder_only.items() if value]
+    if given:
+        raise ModelError(f"{', '.join(given)}: settings of an encoder; the tfidf model has none (leave them unset)")
     t0 = time.perf_counter()
     train, val = splits.train.to_dict(), splits.validation.to_dict()
     model = TfidfClassifier().fit(train["text"], train["label"])

@@ -26,7 +26,7 @@ import json
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kosent.config import PretrainConfig, add_config_args
+    from kosent.config import CLASSIFIER_ONLY, PretrainConfig, add_config_args
 
     parser = argparse.ArgumentParser(prog="ray_jobs/pretrain.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                         help="Ray cluster to join (default: $RAY_ADDRESS; none: start a local cluster on 127.0.0.1)")
     parser.add_argument("--out", help="the model folder to write (default: <storage_path>/<name>/model)")
-    add_config_args(parser, PretrainConfig)
+    add_config_args(parser, PretrainConfig, skip=CLASSIFIER_ONLY)
     _env.add_verbosity_flags(parser)
     return parser
 

@@ -8,6 +8,8 @@ The folder is built once by a session fixture (or found in ``$KOSENT_HOME/models
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -16,9 +18,10 @@ import pytest
 import torch
 from needs import missing  # tests/needs.py
 
-from kosent.checkpoint import load_checkpoint
+from kosent.checkpoint import load_checkpoint, read_meta
 from kosent.config import DataConfig, TrainConfig
 from kosent.data import make_splits
+from kosent.ensemble import build_ensemble
 from kosent.models import ModelError, building, freeze, gemma, load_model_and_tokenizer, load_tokenizer
 from kosent.models.pooling import GemmaMeanPoolForSequenceClassification, masked_mean
 from kosent.predict import Predictor
@@ -114,24 +117,75 @@ def test_classifier_reads_the_mean_and_freezing_stops_the_backward_pass(folder):
         freeze(rnn, embeddings=True, layers=0)
 
 
-@pytest.mark.timeout(900)
-def test_gemma_trains_saves_and_serves_through_the_one_path(folder, nsmc_path, tmp_path):
-    data = DataConfig(train_size=64, val_size=32, test_size=32)
-    splits = make_splits(data)
+SMALL = DataConfig(train_size=64, val_size=32, test_size=32)
+
+
+@pytest.fixture(scope="module")
+def splits(nsmc_path):
+    return make_splits(SMALL)
+
+
+@pytest.fixture(scope="module")
+def trained(folder, splits, tmp_path_factory) -> Path:
+    """A gemma-ko checkpoint of three steps, its lowest 22 layers frozen: what every entry point below reads."""
     cfg = TrainConfig(model="gemma-ko", epochs=1, batch_size=16, max_length=32, lr=1e-4, frozen_layers=22,
-                      max_steps=3, data=data, threads=2)
-    result = fit_local(cfg, splits, out_dir=tmp_path)
-    model, _, meta = load_checkpoint(result.checkpoint)
+                      max_steps=3, data=SMALL, threads=2)
+    return fit_local(cfg, splits, out_dir=tmp_path_factory.mktemp("gemma-run")).checkpoint
+
+
+@pytest.mark.timeout(900)
+def test_gemma_trains_saves_and_serves_through_the_one_path(trained, splits):
+    model, _, meta = load_checkpoint(trained)
     assert isinstance(model, GemmaMeanPoolForSequenceClassification)
-    assert json.loads((result.checkpoint / "config.json").read_text())["model_type"] == "kosent-gemma-mean"
+    assert json.loads((trained / "config.json").read_text())["model_type"] == "kosent-gemma-mean"
     assert meta["config"]["frozen_layers"] == 22 and meta["config"]["pooling"] is None
-    assert not list(result.checkpoint.glob("*.bin")) and not list(result.checkpoint.glob("*.pt"))  # no pickle
+    assert not list(trained.glob("*.bin")) and not list(trained.glob("*.pt"))  # no pickle
     texts = list(splits.test["text"][:8])
-    predictor = Predictor.from_checkpoint(result.checkpoint)
+    predictor = Predictor.from_checkpoint(trained)
     probs = predictor.predict_proba(texts)
     assert probs.shape == (8, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     # Padding must not change a text's score: the mean runs over real tokens only.
     np.testing.assert_allclose(predictor.predict_proba(texts[:1])[0], probs[0], atol=1e-4)
+
+
+@pytest.mark.timeout(600)
+def test_cli_evaluate_reports_on_a_gemma_checkpoint(trained, splits, tmp_path):
+    """``kosent evaluate``: metrics equal to the predictor's own, and the sentence embeddings are the mean the
+    head reads (768 wide), projected with PCA and t-SNE."""
+    out = subprocess.run(
+        [sys.executable, "-m", "kosent.cli", "evaluate", str(trained), "--out", str(tmp_path / "r"),
+         "--max-points", "30", "--errors", "3"], capture_output=True, text=True, timeout=540)
+    assert out.returncode == 0, out.stderr[-4000:]
+    report = json.loads((tmp_path / "r" / "report.json").read_text(encoding="utf-8"))
+    preds = Predictor.from_checkpoint(trained).predict_proba(list(splits.test["text"])).argmax(1)
+    assert report["size"] == SMALL.test_size
+    assert report["metrics"]["test_accuracy"] == pytest.approx(float(np.mean(preds == np.array(splits.test["label"]))))
+    assert report["embeddings"]["dims"] == 768
+    assert {"pca_2d.png", "tsne_2d.png", "embeddings_3d.html"} <= {p.name for p in (tmp_path / "r").iterdir()}
+
+
+@pytest.mark.timeout(600)
+def test_gemma_joins_the_ensemble_and_distils_both_ways(trained, splits, tmp_path):
+    """The recipes of docs/IMPROVING.md on gemma-ko: TF-IDF added to it in one folder; a gemma-ko teacher's
+    probabilities train a tiny student; a gemma-ko student learns from a TF-IDF teacher."""
+    summary = build_ensemble(trained, tmp_path / "ensemble", splits, tfidf_weight=0.5, progress=lambda _: None)
+    mixed = Predictor.from_checkpoint(summary["checkpoint"])
+    gemma_probs = Predictor.from_checkpoint(trained).predict_proba(list(splits.test["text"]))
+    assert summary["test"]["model"]["test_accuracy"] == pytest.approx(
+        float(np.mean(gemma_probs.argmax(1) == np.array(splits.test["label"]))))
+    assert mixed.predict_proba(list(splits.test["text"][:4])).shape == (4, 2)
+
+    student = fit_local(TrainConfig(model="tiny", teacher=str(trained), unlabelled_size=48, epochs=1, batch_size=16,
+                                    lr=2e-3, max_length=32, data=SMALL), splits, out_dir=tmp_path / "student")
+    assert student.history[0]["step"] == -(-(64 + 48) // 16)  # labelled + teacher-scored rows
+    assert read_meta(student.checkpoint)["config"]["teacher"] == str(trained)
+
+    tfidf = fit_local(TrainConfig(model="tfidf", data=SMALL), splits, out_dir=tmp_path / "tfidf").checkpoint
+    learner = fit_local(TrainConfig(model="gemma-ko", teacher=str(tfidf), unlabelled_size=16, frozen_layers=23,
+                                    epochs=1, batch_size=16, max_length=32, max_steps=2, data=SMALL, threads=2),
+                        splits, out_dir=tmp_path / "gemma-student")
+    assert read_meta(learner.checkpoint)["config"]["teacher"] == str(tfidf)
+    assert isinstance(load_checkpoint(learner.checkpoint)[0], GemmaMeanPoolForSequenceClassification)
 
 
 def test_a_corrupt_or_misplaced_piece_is_named(folder, tmp_path):

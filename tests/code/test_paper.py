@@ -23,6 +23,9 @@ INFO = {"cpu": "Test CPU", "cores": 2, "memory_gib": 8.0, "gpus": [], "python": 
     ({"val_size": 0}, "val_size must be at least 1"),
     ({"lrs": {"rnn": -1.0}}, "learning rates must be positive"),
     ({"storage_path": "s3://bucket/runs"}, "URIs are not supported"),
+    ({"frozen_layers": {"gemma-ko": 12}}, "give a transformer model this job trains"),  # not in any list
+    ({"frozen_layers": {"rnn": 1}}, "give a transformer model"),
+    ({"models": ["gemma-ko"], "frozen_layers": {"gemma-ko": -1}}, "a count >= 0"),
 ])
 def test_bad_settings_name_the_setting(change, match):
     with pytest.raises(PaperError, match=match):
@@ -37,6 +40,12 @@ def test_defaults_are_the_paper_and_smaller_runs_say_why():
     cfg = PaperConfig(models=["tfidf", "rnn", "e5-small-ko", "tiny"], lrs={"rnn": 1e-3})
     assert cfg.embedding_models() == ["e5-small-ko", "tiny"]
     assert cfg.lr("rnn") == 1e-3 and cfg.lr("e5-small-ko") == 5e-5 and cfg.lr("klue/bert-base") == 5e-5
+    gemma = PaperConfig(models=["tfidf", "gemma-ko"], scale_models=["tfidf"], kmhas_models=["tfidf"],
+                        frozen_layers={"gemma-ko": 12})
+    gemma.validate()
+    data = gemma.data()
+    assert gemma.train_config("gemma-ko", data, Path("runs"), "g", 2).frozen_layers == 12
+    assert gemma.train_config("tfidf", data, Path("runs"), "t", 2).frozen_layers == 0
 
 
 def test_block_replaces_only_its_markers(tmp_path):

@@ -141,6 +141,18 @@ def test_local_pretraining_writes_a_model_folder_training_accepts(nsmc_path, tmp
     assert result.history[0]["val_accuracy"] > 0
 
 
+def test_pretraining_refuses_settings_only_a_classifier_reads():
+    """Masked-LM pretraining has no head to pool for, no adapters and no teacher: such settings are refused,
+    from Python or YAML, and ``ray_jobs/pretrain.py`` offers no flag for them."""
+    with pytest.raises(ValueError, match="frozen_layers 6, lora_rank 8: settings of fine-tuning a classifier"):
+        PretrainConfig(frozen_layers=6, lora_rank=8)
+    out = subprocess.run([sys.executable, "ray_jobs/pretrain.py", "--help"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[2]).stdout
+    assert "--holdout-size" in out and "--epochs" in out
+    assert not [flag for flag in ("--pooling", "--frozen-layers", "--lora-rank", "--teacher", "--score-on")
+                if flag in out]
+
+
 def test_q4pack_carries_the_offline_model_bit_for_bit(tmp_path):
     from kosent.models import e5_offline
 
@@ -173,3 +185,55 @@ def test_improvement_study_smoke_run_records_every_stage(nsmc_path, tmp_path):
     assert distill["train_rows"] == 300 + 400
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows if "test_accuracy" in r)
     assert "| distill+tfidf |" in (out / "results.md").read_text()
+
+
+@pytest.mark.timeout(400)
+def test_lora_trains_adapters_and_saves_merged_weights(splits, tmp_path):
+    """LoRA (``lora_rank``) on the tiny BERT above its lowest layer: the checkpoint is a plain BERT folder whose
+    adapted weights moved and whose other encoder weights did not; its saved adapters rebuild the same model."""
+    from safetensors.torch import load_file as load_tensors
+
+    from kosent.checkpoint import LORA_STATE_FILE, STATE_DIR
+    from kosent.models import lora
+    from kosent.train import seed_everything
+
+    cfg = TrainConfig(model="tiny", lora_rank=4, lora_alpha=8, frozen_layers=1, epochs=1, batch_size=32, lr=5e-3,
+                      max_length=48, data=SMALL)
+    result = fit_local(cfg, splits, out_dir=tmp_path)
+    saved = load_file(str(result.checkpoint / "model.safetensors"))
+    assert not [k for k in saved if "lora" in k or "base_layer" in k]  # an ordinary checkpoint
+    seed_everything(cfg.seed)  # the loop's initial model
+    base, _ = load_model_and_tokenizer("tiny", splits.label_names)
+    before = {k: v.numpy() for k, v in base.state_dict().items()}
+    moved = {k for k in saved if not np.array_equal(saved[k], before[k])}
+    assert "bert.encoder.layer.1.attention.self.query.weight" in moved  # B @ A merged in
+    assert "bert.encoder.layer.1.output.dense.weight" in moved and "classifier.weight" in moved
+    assert not {k for k in moved if k.startswith(("bert.embeddings.", "bert.encoder.layer.0."))}
+    assert "bert.encoder.layer.1.output.LayerNorm.weight" not in moved  # not a linear layer: frozen
+
+    # Resuming: the pretrained weights plus the saved adapters and head are the checkpoint's model.
+    seed_everything(cfg.seed)
+    again, tokenizer = load_model_and_tokenizer("tiny", splits.label_names)
+    again = lora.add_lora(again, 4, 8, frozen_layers=1)
+    trainable = sum(p.numel() for p in again.parameters() if p.requires_grad)
+    assert trainable < 0.2 * sum(p.numel() for p in again.parameters())
+    lora.load_trainable_state(again, load_tensors(str(result.checkpoint / STATE_DIR / LORA_STATE_FILE)))
+    texts = list(splits.test["text"][:8])
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
+    with torch.no_grad():
+        expected = torch.softmax(again.eval()(**batch).logits, -1).numpy()
+    np.testing.assert_allclose(Predictor.from_checkpoint(result.checkpoint).predict_proba(texts), expected, atol=1e-5)
+    with pytest.raises(ModelError, match="does not fit"):
+        lora.load_trainable_state(lora.add_lora(load_model_and_tokenizer("tiny", splits.label_names)[0], 8, 8),
+                                  load_tensors(str(result.checkpoint / STATE_DIR / LORA_STATE_FILE)))
+
+
+def test_lora_and_freezing_are_refused_where_they_mean_nothing(splits, tmp_path):
+    from kosent.models import lora
+
+    with pytest.raises(ModelError, match="LoRA is for BERT and Gemma"):
+        lora.add_lora(load_model_and_tokenizer("rnn", splits.label_names)[0], 4, 8)
+    with pytest.raises(ModelError, match="none would get adapters"):
+        lora.add_lora(load_model_and_tokenizer("tiny", splits.label_names)[0], 4, 8, frozen_layers=2)
+    with pytest.raises(ModelError, match="frozen_layers 3, lora_rank 8: settings of an encoder"):
+        fit_local(TrainConfig(model="tfidf", frozen_layers=3, lora_rank=8, data=SMALL), splits, out_dir=tmp_path)

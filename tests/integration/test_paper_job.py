@@ -25,7 +25,8 @@ def test_paper_job_runs_every_experiment_and_writes_the_document(tmp_path, nsmc_
     md.parent.mkdir()
     md.write_text(f"# Results\n\nby hand, on top\n\n{BEGIN}\nold generated text\n{END}\n\n"
                   "## Full-size runs measured earlier\n\n| e5-small-ko | 0.8436 |\n", encoding="utf-8")
-    args = ["--train-size", "200", "--val-size", "100", "--test-size", "200", "--models", "tfidf", "tiny",
+    args = ["--train-size", "200", "--val-size", "100", "--test-size", "200",
+            "--models", "tfidf", "tiny", "gemma-ko", "--frozen-layers", "gemma-ko=23",
             "--scale-models", "tiny", "tfidf", "--scales", "1", "2", "--kmhas-models", "tfidf", "--epochs", "1",
             "--kmhas-epochs", "1", "--max-steps", "4", "--max-length", "32", "--max-points", "60",
             "--storage-path", str(tmp_path / "runs"), "--name", "tiny-paper", "--results-md", str(md)]
@@ -49,14 +50,15 @@ def test_paper_job_runs_every_experiment_and_writes_the_document(tmp_path, nsmc_
     generated = text[text.index(BEGIN):text.index(END)]
     assert "**Reduced run on CPU**" in generated and "python ray_jobs/paper.py --train-size 200" in generated
     assert "failed" not in generated
-    for needle in ("### 1. Baselines on NSMC", "### 2. Data scaling", "### 3. News comments: K-MHaS", "0.9656"):
+    for needle in ("### 1. Baselines on NSMC", "### 2. Data scaling", "### 3. News comments: K-MHaS", "0.9656",
+                   "gemma-ko with its lowest 23 layers frozen"):
         assert needle in generated
 
     figures = md.parent / "paper"
     doc = json.loads((figures / "results.json").read_text(encoding="utf-8"))
     keys = {r["experiment"] + "/" + r["variant"] + "/" + r["model"] for r in doc["records"]}
-    assert keys == {"baselines/nsmc/tfidf", "baselines/nsmc/tiny", "scale/x1/tiny", "scale/x2/tiny",
-                    "scale/x1/tfidf", "scale/x2/tfidf", "kmhas/as_is/tfidf", "kmhas/resampled/tfidf"}
+    assert keys == {"baselines/nsmc/tfidf", "baselines/nsmc/tiny", "baselines/nsmc/gemma-ko", "scale/x1/tiny",
+                    "scale/x2/tiny", "scale/x1/tfidf", "scale/x2/tfidf", "kmhas/as_is/tfidf", "kmhas/resampled/tfidf"}
     for r in doc["records"]:
         assert not r["error"] and 0 <= r["metrics"]["test_macro_f1"] <= 1
         assert (Path(r["report_dir"]) / "report.json").is_file()
@@ -64,6 +66,7 @@ def test_paper_job_runs_every_experiment_and_writes_the_document(tmp_path, nsmc_
     assert resampled["test_class_counts"]["hate"] == 170  # 85% of 200
     assert {r["train_rows"] for r in doc["records"] if r["experiment"] == "scale"} == {200, 400}
     for name in ("nsmc_confusion.png", "nsmc_roc.png", "nsmc_reliability.png", "nsmc_tiny_pca_2d.png",
-                 "nsmc_tiny_tsne_2d.png", "nsmc_tiny_embeddings_3d.html", "scale_macro_f1.png", "kmhas_confusion.png"):
+                 "nsmc_tiny_tsne_2d.png", "nsmc_tiny_embeddings_3d.html", "nsmc_gemma-ko_pca_2d.png",
+                 "scale_macro_f1.png", "kmhas_confusion.png"):
         assert (figures / name).is_file(), name
         assert f"(paper/{name})" in generated, name

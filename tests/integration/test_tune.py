@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from needs import missing  # tests/needs.py
 
 from kosent.config import DataConfig, TrainConfig
 from kosent.sweep import (
@@ -309,3 +310,30 @@ def test_sweep_over_a_grid_of_warmup_ratios(ray_cluster, tiny_ready, tmp_path):
     assert [(r.trial_id, r.params) for r in again.trials] == [(r.trial_id, r.params) for r in result.trials]
     assert read_manifest(again.manifest)["trial"]["grid"] == again.best.params
     assert "| warmup_ratio |" in again.table_md.read_text(encoding="utf-8")
+
+
+@pytest.mark.timeout(900)
+def test_sweep_of_gemma_ko_over_frozen_layers(ray_cluster, nsmc_path, tmp_path):
+    """gemma-ko in a Tune sweep (``--grid model=gemma-ko frozen_layers=22,23``): each trial trains the Gemma
+    classifier with its own frozen depth, side by side on the two CPUs, and the best checkpoint is a Gemma
+    checkpoint that predicts."""
+    from kosent.checkpoint import read_meta
+    from kosent.models import building, gemma
+    from kosent.predict import Predictor
+    from kosent.sweep import run_sweep
+
+    try:
+        gemma.pull()
+    except building.DownloadError as e:
+        missing(f"gemma-ko unavailable: {e}")
+    sweep = SweepConfig(lrs=[5e-5], scales=[1], grid={"model": ["gemma-ko"], "frozen_layers": [22, 23]},
+                        name="gemma-grid", storage_path=str(tmp_path))
+    result = run_sweep(sweep, _base(epochs=1, max_steps=2, max_length=32, eval_batch_size=32, threads=1))
+    assert not result.interrupted and len(result.trials) == 2
+    assert sorted(r.params["frozen_layers"] for r in result.trials) == [22, 23]
+    for row in result.trials:
+        assert row.outcome == "completed", row.error
+        config = read_meta(row.checkpoint)["config"]
+        assert (config["model"], config["frozen_layers"]) == ("gemma-ko", row.params["frozen_layers"])
+    labels = Predictor.from_checkpoint(result.best.checkpoint).predict(["최고의 영화", "시간 낭비"])
+    assert {p.label for p in labels} <= {"negative", "positive"}

@@ -147,6 +147,13 @@ class TrainConfig:
     data: DataConfig = Field(default_factory=DataConfig, description="which data and how it is split")
 
 
+def changed_fields(cfg: TrainConfig, names: Iterable[str]) -> list[str]:
+    """``"name value"`` for each of ``names`` that ``cfg`` sets away from TrainConfig's default: what a caller
+    that has no use for those settings names when it refuses them."""
+    defaults = TrainConfig()
+    return [f"{name} {getattr(cfg, name)!r}" for name in names if getattr(cfg, name) != getattr(defaults, name)]
+
+
 #: TrainConfig fields only fine-tuning a classifier reads: masked-LM pretraining has no flag for them and
 #: refuses them (from YAML or Python) rather than ignore them.
 CLASSIFIER_ONLY = ("pooling", "freeze_embeddings", "frozen_layers", "lora_rank", "lora_alpha", "teacher", "score_on")
@@ -174,9 +181,7 @@ class PretrainConfig(TrainConfig):
                                      "head alone, the encoder frozen")
 
     def __post_init__(self) -> None:
-        defaults = TrainConfig()
-        given = [f"{name} {getattr(self, name)!r}" for name in CLASSIFIER_ONLY
-                 if getattr(self, name) != getattr(defaults, name)]
+        given = changed_fields(self, CLASSIFIER_ONLY)
         if given:
             raise ValueError(f"{', '.join(given)}: settings of fine-tuning a classifier, not of masked-LM "
                              "pretraining (leave them unset)")

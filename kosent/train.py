@@ -33,7 +33,7 @@ from kosent.checkpoint import (
     save_training_state,
     write_meta,
 )
-from kosent.config import TrainConfig, to_dict
+from kosent.config import TrainConfig, changed_fields, to_dict
 from kosent.data import Splits, make_splits
 from kosent.metrics import BEST_METRIC, classification_metrics
 from kosent.models import ModelError, freeze, layer_depth, load_model_and_tokenizer, lora
@@ -321,9 +321,7 @@ def train_loop(
 
 def fit_tfidf(cfg: TrainConfig, splits: Splits, out: Path) -> TrainResult:
     """The TF-IDF + logistic regression baseline, saved as a checkpoint folder like every other model."""
-    encoder_only = {"pooling": cfg.pooling, "freeze_embeddings": cfg.freeze_embeddings,
-                    "frozen_layers": cfg.frozen_layers, "lora_rank": cfg.lora_rank}
-    given = [f"{name} {value}" for name, value in encoder_only.items() if value]
+    given = changed_fields(cfg, ("pooling", "freeze_embeddings", "frozen_layers", "lora_rank"))
     if given:
         raise ModelError(f"{', '.join(given)}: settings of an encoder; the tfidf model has none (leave them unset)")
     t0 = time.perf_counter()

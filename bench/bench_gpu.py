@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         "val_accuracy": round(float(best["val_accuracy"]), 4), "val_macro_f1": round(float(best["val_macro_f1"]), 4),
         "best_epoch": int(best["epoch"]), "wall_seconds": round(wall, 1), "budget_seconds": args.budget_s,
         "within_budget": wall <= args.budget_s, "torch": torch.__version__, "cuda": torch.version.cuda,
+        # every epoch's rate: the first carries CUDA's start-up and kernel compilation, so comparisons of two
+        # loops (bench/gpu_ray.py) read the epochs after it too
+        "history": [{k: h.get(k) for k in ("epoch", "epoch_seconds", "samples_per_second", "median_step_seconds")}
+                    for h in history],
     }
     peak_text = f"{figures['peak_gpu_memory_mib']:,.0f} MiB" if peak is not None else "n/a (no GPU)"
     steady = figures["steady_samples_per_second"]

@@ -17,8 +17,9 @@ grpcio and the like but no Ray, and Ray's wheel alone is 79 MB. So:
   the zip (pip reads wheels with Python's ``zipfile``, which supports it): those three programs take 20.6 MB
   instead of 33.7, and the wheel 29.6 MB instead of 79.3.
 - :data:`DEPENDENCIES`: what ``ray[default,train,tune,serve]``, ``datasets`` and ``fastapi`` need beyond
-  :data:`GPU_IMAGE_HAS`, pinned to the versions pip resolved for cp312 (see :data:`LEFT_OUT` for what is
-  not carried, and why). They are installed with ``--no-deps`` there (``bench/gpu_ray.sh``): the image's
+  :data:`GPU_IMAGE_HAS`, pinned to the versions pip resolved for cp312 or, where that one needs more than the
+  machine has, one that fits :data:`GPU_IMAGE_VERSIONS` (checked at build time; see :data:`LEFT_OUT`
+  for what is not carried, and why). They are installed with ``--no-deps`` there (``bench/gpu_ray.sh``): the image's
   own packages satisfy the rest.
 - the model: ``e5-small-ko`` packed by ``bench/q4pack.py`` (its Q4_0 weights bit for bit, 22 MiB) then xz'd.
 - the data: NSMC ``ratings_train.txt`` and the K-MHaS files, xz'd (the splits need the whole files).
@@ -76,11 +77,24 @@ python-dateutil pyyaml regex requests safetensors scikit-learn scipy setuptools 
 tokenizers torch tqdm transformers typing-extensions urllib3 uvloop wheel wrapt xxhash yarl
 """.split())
 
+# Versions seen on the GPU machine on 2026-12-04 (each run's figures.json records them: bench/gpu_ray.py,
+# IMAGE_PACKAGES; pydantic is not there and is carried). Every carried wheel's requirements on them are
+# checked at build time (check_requirements): grpcio-reflection 1.85.1 asked for grpcio >= 1.85.1 and failed
+# to import there (grpcio 1.84.0), which stopped Serve in the first GPU run.
+GPU_IMAGE_VERSIONS = {
+    "torch": "2.11.0", "transformers": "5.17.0", "tokenizers": "0.23.2", "huggingface-hub": "1.33.0",
+    "safetensors": "0.8.0", "numpy": "2.5.2", "pyarrow": "25.0.1", "pandas": "3.0.6", "scikit-learn": "1.9.1",
+    "grpcio": "1.84.0", "protobuf": "7.36.2", "aiohttp": "3.14.3", "peft": "0.21.0", "accelerate": "1.15.0",
+    "packaging": "26.3", "pyyaml": "6.0.3", "requests": "2.34.2", "msgpack": "1.2.3", "psutil": "7.2.2",
+    "prometheus-client": "0.26.0", "uvloop": "0.23.0",
+}
+
 # What ray[default,train,tune,serve]==2.60.0, datasets and fastapi need beyond GPU_IMAGE_HAS (pip's resolution
-# for cp312 / manylinux x86_64, minus LEFT_OUT). One version each: two would stop the install.
+# for cp312 / manylinux x86_64, minus LEFT_OUT), each at a version whose requirements GPU_IMAGE_VERSIONS meets.
+# One version each: two would stop the install.
 DEPENDENCIES = (
     "aiohttp-cors==0.8.1", "annotated-types==0.8.0", "colorful==0.5.8", "datasets==5.2.0", "dill==0.4.1",
-    "fastapi==0.165.0", "googleapis-common-protos==1.76.0", "grpcio-reflection==1.85.1", "httptools==0.9.0",
+    "fastapi==0.165.0", "googleapis-common-protos==1.76.0", "grpcio-reflection==1.84.0", "httptools==0.9.0",
     "jsonschema==4.26.0", "jsonschema-specifications==2025.9.1", "mmh3==5.3.1", "multiprocess==0.70.19",
     "opencensus==0.11.4", "opencensus-context==0.1.3", "opentelemetry-api==1.45.2",
     "opentelemetry-exporter-prometheus==0.66b2", "opentelemetry-proto==1.45.2", "opentelemetry-sdk==1.45.2",
@@ -184,6 +198,35 @@ def _find_wheel(folder: Path, requirement: str) -> Path:
     if len(found) != 1:
         raise BundleError(f"expected one wheel of {requirement} in {folder}, found {[p.name for p in found]}")
     return found[0]
+
+
+def check_requirements(wheels: list[Path], python_version: str, image: dict[str, str] | None = None) -> None:
+    """Every requirement of a carried wheel on a package of the image (``image``, default
+    :data:`GPU_IMAGE_VERSIONS`) or of the bundle itself must be met by that version: pip installs with
+    ``--no-deps`` there and would not notice. Raises :class:`BundleError` naming the wheel and the requirement."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    have = {canonicalize_name(k): v for k, v in (image or GPU_IMAGE_VERSIONS).items()}
+    have |= {canonicalize_name(str(parse_wheel_filename(w.name)[0])): str(parse_wheel_filename(w.name)[1])
+             for w in wheels}
+    env = {"python_version": python_version, "python_full_version": f"{python_version}.0", "extra": ""}
+    problems = []
+    for whl in wheels:
+        with zipfile.ZipFile(whl) as z:
+            meta = next(n for n in z.namelist() if re.fullmatch(r"[^/]+\.dist-info/METADATA", n))
+            lines = z.read(meta).decode("utf-8", errors="replace").splitlines()
+        for line in lines:
+            if not line.startswith("Requires-Dist:"):
+                continue
+            req = Requirement(line.split(":", 1)[1].strip())
+            if req.marker is not None and not req.marker.evaluate(env):
+                continue  # an extra, or another Python
+            version = have.get(canonicalize_name(req.name))
+            if version is not None and not req.specifier.contains(version, prereleases=True):
+                problems.append(f"{whl.name} requires {req} but {req.name} {version} is what the run would have")
+    if problems:
+        raise BundleError("the bundle does not fit the GPU machine's packages:\n  " + "\n  ".join(problems))
 
 
 def _record_hash(data: bytes) -> str:
@@ -296,6 +339,7 @@ def build(out: Path, python_version: str = "3.12", compression: str = "lzma", mo
     bundle = Bundle(out=out, python_version=python_version, compression=compression)
 
     wheels = download([f"ray=={RAY_VERSION}", *DEPENDENCIES], cache, python_version)
+    check_requirements(wheels, python_version)
     ray_src, deps = wheels[0], wheels[1:]
     log.info("repacking %s without %s (%s)", ray_src.name, ", ".join(p.pattern for p in RAY_DROP), compression)
     t1 = time.perf_counter()

@@ -28,6 +28,7 @@ unless tracking was asked for explicitly; its telemetry is switched off before t
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -76,8 +77,12 @@ class TrackingError(ValueError):
 
 
 def tracking_uri(setting: str | None, storage_path: str) -> str | None:
-    """The tracking URI for a run whose folders live in ``storage_path``; None when tracking is off."""
+    """The tracking URI for a run whose folders live in ``storage_path``; None when tracking is off, or when
+    MLflow is missing and no store was named (a machine with kosent's runtime packages only runs untracked)."""
     if setting is not None and setting.strip().lower() == OFF:
+        return None
+    if not explicitly_requested(setting) and importlib.util.find_spec("mlflow") is None:
+        log.warning("tracking: MLflow is not installed; nothing is tracked")
         return None
     if setting:
         return _absolute_store(setting)

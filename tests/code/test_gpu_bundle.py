@@ -69,6 +69,45 @@ def test_repack_drops_members_and_their_record_rows(tmp_path):
         assert [r[0] for r in rows] == ["demo/__init__.py", "demo/bin/tool", "demo-1.0.dist-info/RECORD"]
 
 
+@pytest.mark.timeout(300)
+def test_requirements_are_checked_against_the_gpu_machine_packages(tmp_path):
+    """pip installs the bundle with --no-deps there, so a carried wheel needing a newer package than the image
+    has must stop the build: grpcio-reflection 1.85.1 needs grpcio >= 1.85.1, the GPU machine has 1.84.0
+    (the first GPU run lost its Serve stage to exactly this)."""
+    try:
+        # one call per version: pip refuses two versions of one project in one download
+        wheels = [gpu_bundle.download([req], tmp_path, PYTHON_VERSION)[0]
+                  for req in ("grpcio-reflection==1.85.1", "grpcio-reflection==1.84.0", "protobuf==7.36.2")]
+    except gpu_bundle.BundleError as e:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"could not download the wheels in CI: {e}")
+        pytest.skip(f"no PyPI here: {e}")
+    new, old, protobuf = wheels
+    with pytest.raises(gpu_bundle.BundleError, match=r"grpcio_reflection-1\.85\.1.*grpcio>=1\.85\.1.*grpcio 1\.84\.0"):
+        gpu_bundle.check_requirements([new, protobuf], PYTHON_VERSION)
+    gpu_bundle.check_requirements([old, protobuf], PYTHON_VERSION)  # the pinned pair fits
+    # without protobuf carried, an older one on the machine is caught too
+    with pytest.raises(gpu_bundle.BundleError, match=r"protobuf.*>=7\.35\.1.*protobuf 5\.29\.0"):
+        gpu_bundle.check_requirements([old], PYTHON_VERSION, gpu_bundle.GPU_IMAGE_VERSIONS | {"protobuf": "5.29.0"})
+
+
+def test_ray_overhead_is_read_where_both_loops_are_warm():
+    """Both loops' rates come from their per-epoch histories the same way; the first epoch (CUDA start-up,
+    kernels compiled per batch shape) is reported but not judged."""
+    ray_history = [{"epoch_seconds": 37.1, "median_step_seconds": 0.05}, {"epoch_seconds": 16.8},
+                   {"epoch_seconds": 16.0, "median_step_seconds": 0.04384}]
+    local_history = [{"epoch_seconds": 19.0}, {"epoch_seconds": 17.5}, {"epoch_seconds": 17.5, "median_step_seconds": 0.04883}]
+    ray_side = gpu_ray.rates(ray_history, 10_000, 32)
+    in_side = gpu_ray.rates(local_history, 10_000, 32)
+    assert ray_side["samples_per_second"] == round(30_000 / 69.9, 1)
+    assert ray_side["after_first_epoch_samples_per_second"] == round(20_000 / 32.8, 1)
+    assert ray_side["last_epoch_samples_per_second"] == 625.0 and ray_side["steady_samples_per_second"] == 729.9
+    overhead = gpu_ray.overhead_percent(ray_side, in_side)
+    assert overhead["samples_per_second"] > 20  # Ray's cold first epoch alone
+    assert overhead["after_first_epoch_samples_per_second"] < 0 and overhead["steady_samples_per_second"] < 0
+    assert set(gpu_ray.OVERHEAD_KEYS) <= set(overhead)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_bundle_fits_the_carry_limit_and_installs_offline(bundle, tmp_path):

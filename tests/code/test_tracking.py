@@ -3,6 +3,7 @@ a failing block marks its run FAILED (a real local MLflow store (SQLite) in tmp_
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,19 @@ def test_where_runs_go(tmp_path, monkeypatch):
     assert tracking.tracking_uri(None, str(tmp_path)) == "http://127.0.0.1:5998"
     assert tracking.tracking_uri("OFF", str(tmp_path)) is None  # the flag beats the environment
     assert tracking.explicitly_requested(None)
+
+
+def test_a_job_without_mlflow_runs_untracked_unless_a_store_was_named(tmp_path, monkeypatch):
+    """The paper job resolves one store for all its runs; on a machine without MLflow (kosent's runtime
+    packages only, as on the GPU machine) that must mean untracked, not a refusal, unless a store was named."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.tracking_uri(None, str(tmp_path)) == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # not importable, as where it is not installed
+    assert tracking.tracking_uri(None, str(tmp_path)) is None
+    assert tracking.start_run(None, str(tmp_path), kind="paper") is None
+    assert tracking.tracking_uri("http://127.0.0.1:5999", str(tmp_path)) == "http://127.0.0.1:5999"
+    with pytest.raises(tracking.TrackingError, match="MLflow is not installed"):
+        tracking.start_run("http://127.0.0.1:5999", str(tmp_path), kind="paper")
 
 
 def test_params_are_config_field_names_and_metrics_history_keys():

@@ -3,13 +3,18 @@
 NSMC reviews have a median of 27 characters: padding every batch to 128 tokens would spend most of
 each step on padding. Length buckets put texts of similar length together (``bench/bench_batches.py``
 measures the difference), and the shuffle happens between buckets so training still sees mixed order.
+
+The rows a process trains on are held whole (:class:`InMemoryRows`) or, in a Ray Train worker, streamed from
+its shard a buffer at a time (:class:`BufferedRows`): each buffer is tokenized, shuffled and bucketed on its
+own, so a worker's memory follows ``buffer_rows``, not the size of the data.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -107,3 +112,75 @@ def iterate(
 def num_batches(n: int, batch_size: int, world_size: int = 1) -> int:
     """Training batches per rank per epoch (matches ``batch_indices`` with ``shuffle=True``)."""
     return (-(-n // batch_size)) // world_size
+
+
+Batch = tuple[list[int], dict[str, torch.Tensor]]
+CHUNK_SEED_STRIDE = 7_919  # chunk k of an epoch shuffles with seed + k x this (chunk 0: the epoch's own seed)
+
+
+class TrainingRows(Protocol):
+    """The rows one process trains on: how many, and one shuffled, length-bucketed pass over them per epoch."""
+
+    def __len__(self) -> int: ...
+
+    def batches_per_epoch(self, batch_size: int) -> int: ...
+
+    def epoch(self, batch_size: int, pad_id: int, seed: int) -> Iterator[Batch]: ...
+
+
+@dataclass
+class InMemoryRows:
+    """Every row tokenized and held at once: the whole split in one process (or a teacher's mixed rows)."""
+
+    encoded: Encoded
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return num_batches(len(self.encoded), batch_size)
+
+    def epoch(self, batch_size: int, pad_id: int, seed: int) -> Iterator[Batch]:
+        return iterate(self.encoded, batch_size, pad_id, shuffle=True, seed=seed)
+
+
+@dataclass
+class BufferedRows:
+    """A stream of ``rows`` rows read ``buffer_rows`` at a time: memory bounded by the buffer, not the data.
+
+    ``chunks()`` starts a new pass and yields ``(texts, labels)`` of exactly ``buffer_rows`` rows each (the last
+    one the rest), as ``iter_batches(batch_size=buffer_rows)`` of a Ray Dataset shard does. Each chunk is
+    tokenized when it arrives, then shuffled and length-bucketed on its own; chunk 0 uses the epoch's seed,
+    so a stream that fits in one chunk gives exactly the batches of :class:`InMemoryRows` over the same rows.
+    The number of batches follows from ``rows`` alone, which keeps data-parallel ranks in lockstep: a chunk of
+    another size is an error, not a silent hang in the next collective.
+    """
+
+    rows: int
+    buffer_rows: int
+    chunks: Callable[[], Iterable[tuple[list[str], list[int]]]]
+    encode: Callable[[list[str], list[int]], Encoded]
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def chunk_sizes(self) -> list[int]:
+        full, rest = divmod(self.rows, self.buffer_rows)
+        return [self.buffer_rows] * full + ([rest] if rest else [])
+
+    def batches_per_epoch(self, batch_size: int) -> int:
+        return sum(num_batches(n, batch_size) for n in self.chunk_sizes())
+
+    def epoch(self, batch_size: int, pad_id: int, seed: int) -> Iterator[Batch]:
+        expected = self.chunk_sizes()
+        k = -1
+        for k, (texts, labels) in enumerate(self.chunks()):
+            if k >= len(expected) or len(texts) != expected[k]:
+                raise RuntimeError(f"training rows: chunk {k + 1} holds {len(texts):,} rows, expected "
+                                   f"{expected[k] if k < len(expected) else 0:,} ({self.rows:,} rows in chunks of "
+                                   f"{self.buffer_rows:,}): the shard is not the size this worker was told")
+            yield from iterate(self.encode(texts, labels), batch_size, pad_id, shuffle=True,
+                               seed=seed + CHUNK_SEED_STRIDE * k)
+        if k + 1 != len(expected):
+            raise RuntimeError(f"training rows: the stream ended after {k + 1} of {len(expected)} chunks "
+                               f"({self.rows:,} rows in chunks of {self.buffer_rows:,})")

@@ -132,6 +132,10 @@ class TrainConfig:
         "when the run uses GPUs or the cluster has several nodes, else driver (on one CPU node the actors' "
         "start-up only adds time)")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel; each holds a copy of the model)")
+    # A worker tokenizes what it holds: at 20M rows a whole shard is gigabytes of token ids, a buffer is not.
+    buffer_rows: int = Field(200_000, ge=1, description="training rows a Ray Train worker reads, tokenizes and "
+                             "holds at once: a larger shard streams through in chunks of this many rows, each "
+                             "shuffled and length-bucketed on its own; a shard that fits is batched whole")
     use_gpu: bool = Field(False, description="give each Ray Train worker a GPU share (--gpus-per-worker)")
     gpus_per_worker: float = Field(1.0, gt=0, le=1, description="GPU share of a worker with --use-gpu: 1, or a "
                                    "fraction (0.25) so several runs share one GPU (Tune trials, the paper's jobs)")
@@ -156,7 +160,8 @@ def changed_fields(cfg: TrainConfig, names: Iterable[str]) -> list[str]:
 
 #: TrainConfig fields only fine-tuning a classifier reads: masked-LM pretraining has no flag for them and
 #: refuses them (from YAML or Python) rather than ignore them.
-CLASSIFIER_ONLY = ("pooling", "freeze_embeddings", "frozen_layers", "lora_rank", "lora_alpha", "teacher", "score_on")
+CLASSIFIER_ONLY = ("pooling", "freeze_embeddings", "frozen_layers", "lora_rank", "lora_alpha", "teacher", "score_on",
+                   "buffer_rows")
 
 
 @config_dataclass

@@ -51,7 +51,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from kosent import distill, scoring, storage
+from kosent import batches, distill, scoring, storage
 from kosent.checkpoint import META_FILE, STATE_DIR, read_meta
 from kosent.config import TrainConfig, cache_home, from_dict, to_dict, with_absolute_paths
 from kosent.data import DataReport, Splits, make_splits, streaming
@@ -110,6 +110,7 @@ class RaySession(Session):
 
     seed: int = 42
     restored_epoch: int | None = None
+    train_rows: int = 0  # rows of the whole train split: this worker's shard holds train_rows // world_size
     _temp_dirs: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -117,6 +118,18 @@ class RaySession(Session):
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+
+    def training_rows(self, cfg: TrainConfig, splits: Splits, tokenizer: Any) -> batches.TrainingRows:
+        """This worker's shard, read ``cfg.buffer_rows`` at a time every epoch. With a teacher, labelled and
+        scored rows are shuffled together, so both are held whole (``_worker_splits`` read them)."""
+        if cfg.teacher:
+            return super().training_rows(cfg, splits, tokenizer)
+        return batches.BufferedRows(
+            rows=self.train_rows // self.world_size,  # streaming_split(equal=True) drops the remainder
+            buffer_rows=cfg.buffer_rows,
+            chunks=lambda: streaming.shard_chunks("train", cfg.buffer_rows),
+            encode=lambda texts, labels: batches.encode(tokenizer, texts, labels, cfg.max_length),
+        )
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         # DDP when world_size > 1 (the loop keeps the unwrapped model for evaluation and saving).
@@ -182,19 +195,21 @@ def _splits_payload(splits: Splits, names: list[str]) -> dict[str, Any]:
         "fingerprint": splits.fingerprint,
         "report": splits.report.to_dict(),
         "datasets": names,
+        "train_rows": len(splits.train),
     }
 
 
-def _worker_splits(payload: dict[str, Any]) -> Splits:
-    """This worker's splits: its shard of train (and of the scored unlabelled texts), all of validation, no
-    test rows."""
+def _worker_splits(payload: dict[str, Any], whole_train: bool) -> Splits:
+    """This worker's splits: all of validation, its shard of the scored unlabelled texts (if any), no test rows,
+    and its shard of train read whole if ``whole_train`` (a teacher's run). Otherwise ``train`` is left empty
+    here: the loop streams the shard (``RaySession.training_rows``)."""
     unlabelled, probs = [], None
     if "unlabelled" in payload["datasets"]:
         shard = streaming.read_shard("unlabelled", columns=("text", streaming.PROBS))
         unlabelled = shard.column("text").to_pylist()
         probs = streaming.probs_of(shard, len(payload["label_names"]))
     return Splits(
-        train=streaming.shard_as_dataset("train"),
+        train=streaming.shard_as_dataset("train") if whole_train else as_dataset([], []),
         validation=streaming.shard_as_dataset("validation"),
         test=as_dataset([], []),
         label_names=list(payload["label_names"]),
@@ -209,11 +224,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs: rebuild the config, read this worker's shards, then the loop."""
     setup_logging()  # kosent's format and level ($KOSENT_LOG_LEVEL, from _worker_env) in this worker process
     cfg = from_dict(TrainConfig, config["train_config"])
-    splits = _worker_splits(config["splits"])
+    splits = _worker_splits(config["splits"], whole_train=bool(cfg.teacher))
     if cfg.threads is None:
         # Ray sets OMP_NUM_THREADS to the worker's CPU count; torch may have read it before, so set it.
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cfg.cpus_per_worker or 1)))
-    session = RaySession(seed=cfg.seed)
+    session = RaySession(seed=cfg.seed, train_rows=config["splits"]["train_rows"])
     try:
         train_loop(cfg, splits, session)
     finally:

@@ -2,8 +2,8 @@
 
 Where it runs is hidden behind a small ``Session`` (rank, device, how to report and restore) and the splits
 it is given (a Ray Train worker gets its own shard of the training rows); the loop itself reads top to
-bottom: build model -> tokenize once -> for each epoch: train, evaluate, report a checkpoint, maybe stop
-early. ``kosent.ray_train`` supplies the Ray session; ``fit_local`` the local one.
+bottom: build model -> tokenize (once, or a worker's shard a buffer at a time) -> for each epoch: train,
+evaluate, report a checkpoint, maybe stop early. ``kosent.ray_train`` supplies the Ray session; ``fit_local`` the local one.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ class Session:
 
     def gather(self, obj: Any) -> list[Any]:
         return [obj]
+
+    def training_rows(self, cfg: TrainConfig, splits: Splits, tokenizer: Any) -> batches.TrainingRows:
+        """The rows this process trains on, tokenized: here all of ``splits.train`` (and a teacher's texts)."""
+        return batches.InMemoryRows(distill.training_set(cfg, splits, tokenizer))
 
     def restore_dir(self) -> Path | None:
         return None
@@ -198,12 +202,12 @@ def train_loop(
         model = lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.frozen_layers)
     pad_id = tokenizer.pad_token_id
     val = splits.validation.to_dict()  # column access is row by row
-    train_enc = distill.training_set(cfg, splits, tokenizer)
+    train_rows = session.training_rows(cfg, splits, tokenizer)
     val_enc = batches.encode(tokenizer, val["text"], val["label"], cfg.max_length)
 
     # The rows are this process's own: all of them in one process, a Ray Train worker's equal shard
     # (kosent.data.streaming), so every rank takes the same number of steps.
-    steps_per_epoch = batches.num_batches(len(train_enc), cfg.batch_size)
+    steps_per_epoch = train_rows.batches_per_epoch(cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
@@ -231,7 +235,7 @@ def train_loop(
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info(
             f"training {cfg.model} ({params / 1e6:.1f}M parameters, {trainable / 1e6:.1f}M of them trained"
-            f"{f', LoRA rank {cfg.lora_rank}' if cfg.lora_rank else ''}) on {len(train_enc):,} texts per worker x "
+            f"{f', LoRA rank {cfg.lora_rank}' if cfg.lora_rank else ''}) on {len(train_rows):,} texts per worker x "
             f"{cfg.epochs} epochs, {session.world_size} worker(s), {steps_per_epoch} steps/epoch/worker, "
             f"device {session.device}"
         )
@@ -242,7 +246,7 @@ def train_loop(
         t_step = t0
         confusion = np.zeros((len(label_names), len(label_names)), dtype=np.int64)  # [true, predicted]
         report_every = max(1, steps_per_epoch // 10)
-        stream = batches.iterate(train_enc, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch)
+        stream = train_rows.epoch(cfg.batch_size, pad_id, seed=cfg.seed + epoch)
         for i, (_, batch) in enumerate(stream):
             batch = {k: v.to(session.device) for k, v in batch.items()}
             targets = batch.pop("targets", None)  # distillation: train towards these, not the labels

@@ -1,14 +1,17 @@
 """Splits as Ray Datasets for Ray Train: each worker reads only its shard of the training rows.
 
     to_ray_datasets(splits)     driver: train / validation (/ unlabelled) as ``ray.data.Dataset`` objects
+    texts_dataset(texts)        driver: unlabelled texts alone (pretraining's corpus and holdout)
     data_config(names)          driver: which of them are split across workers, deterministically
     read_shard(name)            worker: its rows of one dataset, as an Arrow table
+    shard_chunks(name, rows)    worker: one pass over them, ``rows`` at a time (the training rows' buffer)
     shard_as_dataset(name)      worker: the same as the ``datasets.Dataset`` the training loop takes
 
 ``train`` (and, for distillation, ``unlabelled``: the texts with the teacher's probabilities, scored once
 before training by ``kosent.scoring``) is split into equal, disjoint shards, one per worker
 (``streaming_split(equal=True)``): a worker tokenizes and batches only its shard, so the work per worker
-shrinks as workers are added. ``validation``
+shrinks as workers are added, and it reads its training rows one buffer at a time every epoch
+(``TrainConfig.buffer_rows``), so its memory does not grow with the data. ``validation``
 is not split: every worker reads it whole (it is ``val_size`` rows) and scores its share by index, as the
 loop does in one process. Order is preserved, so the same splits give every worker the same rows in every
 attempt: a resumed or restarted run replays the uninterrupted one.
@@ -21,6 +24,7 @@ import Ray.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -81,6 +85,11 @@ def to_ray_datasets(splits: Splits) -> dict[str, ray.data.Dataset]:
     return out
 
 
+def texts_dataset(texts: list[str]) -> ray.data.Dataset:
+    """Unlabelled texts (a pretraining corpus or its holdout) as a Ray Dataset of one ``text`` column."""
+    return ray.data.from_arrow(_blocks(pa.table({"text": pa.array(texts, pa.string())})))
+
+
 def data_config(names: list[str]) -> ray.train.DataConfig:
     """Split ``train`` and ``unlabelled`` into equal shards; keep block order so shards are reproducible."""
     from ray.data import ExecutionOptions
@@ -103,10 +112,20 @@ def read_shard(name: str, columns: tuple[str, ...] = ("text", "label")) -> pa.Ta
     return pa.concat_tables(tables)
 
 
+def shard_chunks(name: str, rows: int) -> Iterator[tuple[list[str], list[int]]]:
+    """One pass over this worker's shard of ``name`` as ``(texts, labels)`` of ``rows`` rows each (the last one
+    the rest): only a chunk or two are held at a time. Each call is a new epoch of the shard (Ray Data runs it
+    for all workers together), in the same order every time."""
+    shard = ray.train.get_dataset_shard(name)
+    for chunk in shard.iter_batches(batch_size=rows, batch_format="pyarrow", prefetch_batches=1):
+        yield chunk.column("text").to_pylist(), chunk.column("label").to_pylist()
+
+
 def shard_as_dataset(name: str) -> datasets.Dataset:
     """:func:`read_shard` as the ``datasets.Dataset`` (``text``, ``label``) the training loop takes."""
     table = read_shard(name)
     return as_dataset(table.column("text").combine_chunks(), table.column("label").combine_chunks())
 
 
-__all__ = ["PROBS", "data_config", "probs_column", "probs_of", "read_shard", "shard_as_dataset", "to_ray_datasets"]
+__all__ = ["PROBS", "data_config", "probs_column", "probs_of", "read_shard", "shard_as_dataset", "shard_chunks",
+           "texts_dataset", "to_ray_datasets"]

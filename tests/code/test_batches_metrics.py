@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from kosent import batches
@@ -54,3 +55,57 @@ def test_metrics_match_sklearn():
     assert m["val_roc_auc"] == pytest.approx(roc_auc_score(y, p1))
     assert m["val_accuracy"] == pytest.approx((pred == y).mean())
     assert m["val_loss"] == 0.5
+
+
+def _texts(n: int) -> tuple[list[str], list[int]]:
+    rng = np.random.default_rng(5)
+    texts = [f"리뷰 {i} " + "좋다" * int(rng.integers(1, 40)) for i in range(n)]
+    return texts, [i % 2 for i in range(n)]
+
+
+def _encode(texts: list[str], labels: list[int]) -> batches.Encoded:
+    return batches.Encoded(input_ids=[[ord(c) for c in t] for t in texts], labels=list(labels))
+
+
+def _buffered(texts, labels, buffer_rows, seen_chunks=None, rows=None) -> batches.BufferedRows:
+    def chunks():
+        for s in range(0, len(texts), buffer_rows):
+            if seen_chunks is not None:
+                seen_chunks.append(len(texts[s:s + buffer_rows]))
+            yield texts[s:s + buffer_rows], labels[s:s + buffer_rows]
+    return batches.BufferedRows(rows=len(texts) if rows is None else rows, buffer_rows=buffer_rows,
+                                chunks=chunks, encode=_encode)
+
+
+def test_a_stream_that_fits_its_buffer_batches_exactly_as_the_rows_held_whole():
+    texts, labels = _texts(203)
+    whole = list(batches.InMemoryRows(_encode(texts, labels)).epoch(16, 0, seed=9))
+    streamed = list(_buffered(texts, labels, buffer_rows=500).epoch(16, 0, seed=9))
+    assert [idx for idx, _ in streamed] == [idx for idx, _ in whole]
+    for (_, a), (_, b) in zip(streamed, whole, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_stream_larger_than_its_buffer_holds_one_chunk_and_sees_every_row_once_per_epoch():
+    texts, labels = _texts(203)
+    held: list[int] = []
+    rows = _buffered(texts, labels, buffer_rows=64, seen_chunks=held)
+    assert rows.chunk_sizes() == [64, 64, 64, 11]
+    epochs = []
+    for seed in (1, 1, 2):
+        got = list(rows.epoch(16, 0, seed=seed))
+        assert len(got) == rows.batches_per_epoch(16) == 4 + 4 + 4 + 1
+        ids = [tuple(int(t) for t in ids[mask.bool()]) for _, b in got for ids, mask in
+               zip(b["input_ids"], b["attention_mask"], strict=True)]
+        assert sorted(ids) == sorted(tuple(ord(c) for c in t) for t in texts), "every row once per epoch"
+        epochs.append(ids)
+    assert max(held) == 64, "no more than a buffer of rows is tokenized at once"
+    assert epochs[0] == epochs[1] and epochs[0] != epochs[2], "an epoch's order follows its seed"
+
+
+def test_a_shard_of_another_size_than_promised_fails_instead_of_hanging_the_other_ranks():
+    texts, labels = _texts(100)
+    with pytest.raises(RuntimeError, match=r"chunk 2 holds 36 rows, expected 64 \(128 rows in chunks of 64\)"):
+        list(_buffered(texts, labels, buffer_rows=64, rows=128).epoch(16, 0, seed=0))
+    with pytest.raises(RuntimeError, match=r"the stream ended after 1 of 2 chunks"):
+        list(_buffered(texts[:64], labels[:64], buffer_rows=64, rows=100).epoch(16, 0, seed=0))

@@ -20,12 +20,29 @@ from kosent.data import make_splits
 DATA = DataConfig(train_size=301, val_size=60, test_size=60)
 
 
-def _shards(splits, out: Path, workers: int = 2) -> list[dict]:
+def _run_workers(loop, splits, out: Path, workers: int = 2, **config) -> list[dict]:
+    """Run ``loop`` in ``workers`` Ray Train workers fed ``splits`` as training feeds them; each writes
+    ``<out>/rank_<r>.json``, returned in rank order."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from kosent.data import streaming
     from kosent.ray_train import _splits_payload
+
+    datasets = streaming.to_ray_datasets(splits)
+    out.mkdir(parents=True)
+    TorchTrainer(
+        loop,
+        train_loop_config={"splits": _splits_payload(splits, list(datasets)), "out": str(out)} | config,
+        datasets=datasets,
+        dataset_config=streaming.data_config(list(datasets)),
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name=out.name, storage_path=str(out.parent / "runs")),
+    ).fit()
+    return [json.loads((out / f"rank_{r}.json").read_text(encoding="utf-8")) for r in range(workers)]
+
+
+def _shards(splits, out: Path) -> list[dict]:
 
     def _report_shards(config: dict) -> None:
         """A Ray Train worker: read this worker's splits as training does, write them to ``<out>/rank_<r>.json``.
@@ -34,7 +51,7 @@ def _shards(splits, out: Path, workers: int = 2) -> list[dict]:
 
         from kosent.ray_train import _worker_splits
 
-        splits = _worker_splits(config["splits"])
+        splits = _worker_splits(config["splits"], whole_train=True)
         rank = ray.train.get_context().get_world_rank()
         got = {"train": list(splits.train["text"]), "train_labels": list(splits.train["label"]),
                "validation": list(splits.validation["text"]), "unlabelled": splits.unlabelled,
@@ -42,17 +59,7 @@ def _shards(splits, out: Path, workers: int = 2) -> list[dict]:
                "test": len(splits.test), "fingerprint": splits.fingerprint}
         Path(config["out"], f"rank_{rank}.json").write_text(json.dumps(got, ensure_ascii=False), encoding="utf-8")
 
-    datasets = streaming.to_ray_datasets(splits)
-    out.mkdir(parents=True)
-    TorchTrainer(
-        _report_shards,
-        train_loop_config={"splits": _splits_payload(splits, list(datasets)), "out": str(out)},
-        datasets=datasets,
-        dataset_config=streaming.data_config(list(datasets)),
-        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
-        run_config=RunConfig(name=out.name, storage_path=str(out.parent / "runs")),
-    ).fit()
-    return [json.loads((out / f"rank_{r}.json").read_text(encoding="utf-8")) for r in range(workers)]
+    return _run_workers(_report_shards, splits, out)
 
 
 @pytest.mark.ray
@@ -82,3 +89,50 @@ def test_each_worker_gets_an_equal_disjoint_shard_that_repeats_run_after_run(ray
     again = _shards(splits, tmp_path / "again")
     assert [s["train"] for s in again] == [s["train"] for s in first], "the same rows, in the same order"
     assert [s["unlabelled"] for s in again] == [s["unlabelled"] for s in first]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_workers_stream_their_shard_a_buffer_at_a_time_the_same_rows_every_epoch(ray_cluster, nsmc_path, tmp_path):
+    """Without a teacher a worker never holds its shard whole: ``RaySession.training_rows`` reads it in chunks
+    of ``buffer_rows`` every epoch. Two epochs of two workers, buffer 64, 301 rows: 150 each as 64 + 64 + 22."""
+
+    def _report_chunks(config: dict) -> None:
+        import ray.train
+
+        from kosent import batches
+        from kosent.config import TrainConfig
+        from kosent.models import load_tokenizer
+        from kosent.ray_train import RaySession, _worker_splits
+
+        cfg = TrainConfig(model="tiny", buffer_rows=config["buffer_rows"])
+        splits = _worker_splits(config["splits"], whole_train=False)
+        held: list[list[str]] = []
+
+        def encode(texts, labels):
+            held.append(list(texts))
+            return batches.encode(load_tokenizer("tiny"), texts, labels, cfg.max_length)
+
+        session = RaySession(train_rows=config["splits"]["train_rows"])
+        rows = session.training_rows(cfg, splits, None)
+        rows.encode = encode  # the real chunks of the real shard; record what each epoch tokenized
+        epochs = []
+        for epoch in range(2):
+            held.clear()
+            n = sum(1 for _ in rows.epoch(cfg.batch_size, 0, seed=epoch))
+            epochs.append({"chunks": [len(c) for c in held], "texts": [t for c in held for t in c], "batches": n,
+                           "batches_per_epoch": rows.batches_per_epoch(cfg.batch_size)})
+        rank = ray.train.get_context().get_world_rank()
+        got = {"train_left_on_the_side": len(splits.train), "epochs": epochs}
+        Path(config["out"], f"rank_{rank}.json").write_text(json.dumps(got, ensure_ascii=False), encoding="utf-8")
+
+    splits = make_splits(dataclasses.replace(DATA, path=str(nsmc_path)))
+    ranks = _run_workers(_report_chunks, splits, tmp_path / "chunks", buffer_rows=64)
+    for rank in ranks:
+        assert rank["train_left_on_the_side"] == 0, "the shard is not read whole as well"
+        first, second = rank["epochs"]
+        assert first["chunks"] == second["chunks"] == [64, 64, 22]
+        assert first["batches"] == first["batches_per_epoch"] == 2 + 2 + 1
+        assert first["texts"] == second["texts"], "the same rows in the same order every epoch"
+    a, b = (set(r["epochs"][0]["texts"]) for r in ranks)
+    assert len(a) == len(b) == 150 and not a & b and (a | b) <= set(splits.train["text"])

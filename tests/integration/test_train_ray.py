@@ -210,6 +210,18 @@ def test_two_workers_report_epochs_and_a_loadable_checkpoint(reference, splits):
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_workers_train_on_shards_streamed_through_a_buffer_smaller_than_the_shard(ray_cluster, base_cfg, splits):
+    """buffer_rows 64 < 150 rows per worker: each epoch streams 64 + 64 + 22 rows (2 + 2 + 1 batches of 32), so
+    the steps are the reference's and the run trains to a loadable checkpoint."""
+    result = fit(dataclasses.replace(base_cfg, name="buffered", buffer_rows=64, epochs=2), splits)
+    assert [h["step"] for h in result.history] == [5, 10]
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_macro_f1"]) for h in result.history)
+    assert json.loads((result.checkpoint / "kosent.json").read_text(encoding="utf-8"))["config"]["buffer_rows"] == 64
+    assert len(Predictor.from_checkpoint(result.checkpoint).predict(TEXTS)) == 2
+
+
+@pytest.mark.ray
 @pytest.mark.timeout(420)
 def test_resume_continues_an_interrupted_run_to_the_same_state(reference, base_cfg, splits):
     cfg = dataclasses.replace(base_cfg, name="interrupted")

@@ -1,7 +1,8 @@
 """Domain-adaptive pretraining: continue masked-language-model training of the encoder on in-domain text.
 
     corpus = unlabelled_corpus(cfg)      texts of the dataset minus every validation and test text
-    folder = fit_pretrain(cfg)           Ray Train (same conventions as kosent.ray_train), -> model folder
+    folder = fit_pretrain(cfg)           Ray Train (same conventions as kosent.ray_train), -> model folder;
+                                         each worker gets its shard of the corpus as a Ray Dataset
     pretrain_loop(cfg, corpus, session)  the loop itself, in-process or in each Ray worker
 
 The output is an ordinary Hugging Face folder (``AutoModelForMaskedLM`` weights + tokenizer, safetensors)
@@ -116,7 +117,9 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
     pad_id, mask_id, vocab = tokenizer.pad_token_id, tokenizer.mask_token_id, model.config.vocab_size
 
-    steps_per_epoch = batches.num_batches(len(enc), cfg.batch_size, session.world_size)
+    # The corpus is this process's own: all of it in one process, a Ray Train worker's equal shard, so every
+    # rank takes the same number of steps.
+    steps_per_epoch = batches.num_batches(len(enc), cfg.batch_size)
     total = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 10**12)
     model.to(session.device)
     optimizer = _optimizer(model, cfg)
@@ -131,15 +134,14 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
     encoder = [p for n, p in model.named_parameters() if not n.startswith("cls.")]
     wrapped = session.prepare_model(model)
     if session.rank == 0:
-        log.info(f"pretraining {cfg.model} (masked LM) on {len(enc):,} unlabelled texts x {cfg.epochs} epoch(s), "
+        log.info(f"pretraining {cfg.model} (masked LM) on {len(enc):,} unlabelled texts per worker x {cfg.epochs} epoch(s), "
                  f"{steps_per_epoch} steps/epoch/worker, {session.world_size} worker(s), device {session.device}")
 
     for epoch in range(start_epoch, cfg.epochs):
         wrapped.train()
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 10 + session.rank)
         t0, seen, loss_sum, report_every = time.perf_counter(), 0, 0.0, max(1, steps_per_epoch // 10)
-        stream = batches.iterate(enc, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch,
-                                 rank=session.rank, world_size=session.world_size)
+        stream = batches.iterate(enc, cfg.batch_size, pad_id, shuffle=True, seed=cfg.seed + epoch)
         for i, (_, batch) in enumerate(stream):
             inputs, labels = mask_tokens(batch["input_ids"], batch["attention_mask"], special, mask_id, vocab,
                                          cfg.mlm_probability, gen)
@@ -243,13 +245,17 @@ def fit_pretrain_local(cfg: PretrainConfig, out: str | Path) -> Path:
 
 
 def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
+    """What every Ray Train worker runs: its shard of the corpus and the whole holdout, read as Ray Datasets."""
     from kosent.config import from_dict
+    from kosent.data import streaming
     from kosent.logs import setup as setup_logging
     from kosent.ray_train import RaySession
 
     setup_logging()  # kosent's format and level ($KOSENT_LOG_LEVEL) in this worker process
     cfg = from_dict(PretrainConfig, config["cfg"])
-    corpus = Corpus(texts=config["texts"], holdout=config["holdout"], report=config["report"])
+    texts, holdout = (streaming.read_shard(name, columns=("text",)).column("text").to_pylist()
+                      for name in ("unlabelled", "validation"))
+    corpus = Corpus(texts=texts, holdout=holdout, report=config["report"])
     if cfg.threads is None:
         import os
 
@@ -267,6 +273,7 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from kosent.data import streaming
     from kosent.ray_train import (
         CONTROLLER_FAILURE_LIMIT,
         _local_copy,
@@ -289,10 +296,13 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
              f"({corpus.report['excluded_validation_and_test']:,} validation/test texts excluded, overlap "
              f"{corpus.report['overlap_with_validation_and_test']}), {corpus.report['holdout']:,} held out")
     resources = worker_resources(cfg)
+    # The corpus is split into one equal shard per worker, the holdout read whole by each (kosent.data.streaming)
+    datasets = {"unlabelled": streaming.texts_dataset(corpus.texts), "validation": streaming.texts_dataset(corpus.holdout)}
     trainer = TorchTrainer(
         pretrain_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "texts": corpus.texts, "holdout": corpus.holdout,
-                           "report": corpus.report},
+        train_loop_config={"cfg": to_dict(cfg), "report": corpus.report},
+        datasets=datasets,
+        dataset_config=streaming.data_config(list(datasets)),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=cfg.name, storage_path=cfg.storage_path,

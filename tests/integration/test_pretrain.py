@@ -61,6 +61,9 @@ def test_pretrain_job_output_is_a_starting_model_for_training(ray_cluster, tmp_p
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     assert doc["corpus"]["used"] == 600 and doc["corpus"]["overlap_with_validation_and_test"] == 0
     assert [h["epoch"] for h in doc["history"]] == [1, 2]
+    # Each worker tokenizes and trains on its own 300-text shard of the corpus (a Ray Dataset, nothing of the
+    # corpus in train_loop_config): ceil(300 / 32) = 10 steps an epoch.
+    assert [h["step"] for h in doc["history"]] == [10, 20]
     assert doc["history"][-1]["val_mlm_loss"] < doc["history"][0]["val_mlm_loss"]  # it learned something
 
     result = fit_local(TrainConfig(model=str(folder), epochs=1, max_steps=5, batch_size=32, max_length=48,

@@ -7,8 +7,11 @@ a missing column is an error naming the columns there and the flag that picks on
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -86,14 +89,105 @@ class LineReader:
         yield from ahead
         yield from self._lines
 
-    def first_byte(self) -> bytes:
-        """The first non-whitespace byte of the file (``[`` tells a JSON array from JSON lines)."""
-        return self._ahead[-1].lstrip()[:1] if self._ahead else b""
-
     @property
     def sha256(self) -> str:
         for _ in self._lines:
             pass
+        return self._digest.hexdigest()
+
+
+def first_byte(location: str | os.PathLike) -> bytes:
+    """The first byte of the file that is not whitespace or a UTF-8 byte order mark (``b""`` if none): ``[``
+    tells a JSON array from JSON lines before either reader starts (an array may be one line of gigabytes)."""
+    with storage.open_input(location) as f:
+        chunk = f.read(max(CHUNK_BYTES, len(codecs.BOM_UTF8))).removeprefix(codecs.BOM_UTF8)
+        while not (stripped := chunk.lstrip()):
+            chunk = f.read(CHUNK_BYTES)
+            if not chunk:
+                return b""
+        return stripped[:1]
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+class JsonArrayReader:
+    """The elements of a file that holds one JSON array, local or on object storage, read in 1 MiB chunks
+    and hashed on the way: memory is a chunk and the element being parsed, not the file (whose array may well
+    be a single line). Iterating yields ``(element number from 1, value)`` once; anything that is not one
+    well-formed array raises :class:`DataError` naming the element and the line where it went wrong."""
+
+    def __init__(self, location: str | os.PathLike):
+        check_file(location)
+        self.location = location
+        self._digest = hashlib.sha256()
+        self._done = False
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        decoder, text = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8-sig")()
+        self._digest, self._done = hashlib.sha256(), False
+        with storage.open_input(self.location) as f:
+            buf, pos, lines_before, eof = "", 0, 0, False
+
+            def read_more() -> bool:
+                nonlocal buf, pos, lines_before, eof
+                chunk = f.read(CHUNK_BYTES)
+                self._digest.update(chunk)
+                lines_before += buf.count("\n", 0, pos)
+                try:
+                    buf = buf[pos:] + text.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{self.location}: not UTF-8 near line {lines_before + 1}: {e.reason}") from e
+                pos, eof = 0, not chunk
+                return not eof
+
+            def fail(problem: str, at: int) -> DataError:
+                return DataError(f"{self.location}: not a valid JSON array: {problem} (line "
+                                 f"{lines_before + buf.count(chr(10), 0, at) + 1})")
+
+            def next_char() -> str:  # the next character that is not whitespace ("" at the end of the file)
+                nonlocal pos
+                while True:
+                    pos = _SPACE.match(buf, pos).end()
+                    if pos < len(buf) or not read_more():
+                        return buf[pos:pos + 1]
+
+            if next_char() != "[":
+                raise fail("it does not start with [", pos)
+            pos += 1
+            n = 0
+            while True:
+                c = next_char()
+                if c == "]" and n == 0:
+                    pos += 1
+                    break
+                while True:  # one element; a value that reaches the end of the buffer may go on in the next chunk
+                    try:
+                        value, end = decoder.raw_decode(buf, pos)
+                        if end < len(buf) or eof:
+                            break
+                    except json.JSONDecodeError as e:
+                        if eof:
+                            raise fail(f"element {n + 1}: {e.msg}", e.pos) from None
+                    read_more()
+                n, pos = n + 1, end
+                yield n, value
+                c = next_char()
+                if c == "]":
+                    pos += 1
+                    break
+                if c != ",":
+                    raise fail(f"after element {n}, expected , or ] but found {c or 'the end of the file'!r}", pos)
+                pos += 1
+            if next_char():
+                raise fail("more data after its closing ]", pos)
+        self._done = True
+
+    @property
+    def sha256(self) -> str:
+        if not self._done:
+            for _ in self:
+                pass
         return self._digest.hexdigest()
 
 

@@ -3,7 +3,7 @@
 
 A file may be local or on object storage (``s3://bucket/data/ratings_train.txt``, through
 :mod:`kosent.storage`). Text files are read line by line in chunks and Parquet row group by row group,
-so a reader holds the rows it keeps, never the file's bytes; a JSON array is the one format read whole.
+so a reader holds the rows it keeps, never the file's bytes (a JSON array is parsed element by element).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import fnmatch
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from kosent import storage
 from kosent.data.lines import (
     KMHAS_LABEL_NAMES,
     NSMC_LABEL_NAMES,
+    JsonArrayReader,
     LineReader,
     _binary_label,
     _decode_header,
@@ -29,6 +30,7 @@ from kosent.data.lines import (
     _require_columns,
     check_file,
     file_sha256,
+    first_byte,
 )
 from kosent.data.report import DataError, DataReport, Table, _Builder, _duplicate_stats
 
@@ -186,56 +188,55 @@ def _read_csv_stream(
         builder.add(lineno, fields[pos["text"]], fields[pos["label"]], {c: fields[i] for i, c in other})
 
 
-def _read_json_rows(path: str | Path, lines: LineReader, builder: _Builder) -> list[tuple[int, dict]]:
-    """JSON lines (or one JSON array of objects, read whole): (1-based line or row number, object)."""
-    rows: list[tuple[int, dict]] = []
-    if lines.first_byte() == b"[":
+def _json_records(path: str | Path, builder: _Builder) -> tuple[Iterator[tuple[int, Any]], Callable[[], str]]:
+    """JSON lines, or one JSON array of objects, as ``(line or element number, value)`` pairs streamed from
+    the file, and how to get the file's sha256 once they are read."""
+    if first_byte(path) == b"[":
         builder.report.unit = "row"
-        try:
-            data = json.loads(b"\n".join(lines).decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise DataError(f"{path}: not a valid JSON array: {e}") from e
-        for n, obj in enumerate(data, start=1):
-            if isinstance(obj, dict):
-                rows.append((n, obj))
-            else:
-                builder.skip("invalid_json", n)
-        return rows
-    for lineno, line in enumerate(lines, start=1):
-        try:
-            text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError:
-            builder.skip("undecodable_bytes", lineno)
-            continue
-        if not text.strip():
-            continue  # blank lines are not records in JSON lines
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            builder.skip("invalid_json", lineno)
-            continue
-        if not isinstance(obj, dict):
-            builder.skip("invalid_json", lineno)
-            continue
-        rows.append((lineno, obj))
-    return rows
+        array = JsonArrayReader(path)
+        return iter(array), lambda: array.sha256
+    lines = LineReader(path)
+
+    def records() -> Iterator[tuple[int, Any]]:
+        for lineno, line in enumerate(lines, start=1):
+            try:
+                text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError:
+                builder.skip("undecodable_bytes", lineno)
+                continue
+            if not text.strip():
+                continue  # blank lines are not records in JSON lines
+            try:
+                yield lineno, json.loads(text)
+            except json.JSONDecodeError:
+                builder.skip("invalid_json", lineno)
+
+    return records(), lambda: lines.sha256
 
 
 def _fill_from_records(
-    path: Path, builder: _Builder, rows: list[tuple[int, dict]], text_column: str, label_column: str
+    path: str | Path, builder: _Builder, records: Iterator[tuple[int, Any]], text_column: str, label_column: str
 ) -> None:
+    """Objects into rows as they arrive; a field first seen in a later object becomes a column (None before).
+    The text and label columns are checked at the end, over every object, as for a table's header."""
     columns: dict[str, None] = {}
-    for _, obj in rows:
+    for where, obj in records:
+        if not isinstance(obj, dict):
+            builder.skip("invalid_json", where)
+            continue
         for key in obj:
-            columns.setdefault(key, None)
-    names = list(columns)
-    _require_columns(path, names, {"text": text_column, "label": label_column})
-    builder.extra = {c: [] for c in names if c not in (text_column, label_column)}
-    for where, obj in rows:
+            if key not in columns:
+                columns[key] = None
+                if key not in (text_column, label_column):
+                    builder.extra[key] = [None] * len(builder.texts)
         if text_column not in obj or label_column not in obj:
             builder.skip("missing_field", where)
             continue
         builder.add(where, obj[text_column], obj[label_column], obj)
+    if not columns and not builder.report.rows_read:
+        raise DataError(f"{path}: no JSON records")
+    if columns:
+        _require_columns(path, list(columns), {"text": text_column, "label": label_column})
 
 
 def read_table(
@@ -262,14 +263,12 @@ def read_table(
     if suffix == ".parquet":
         _fill_from_parquet(path, builder, text_column, label_column)
         return builder.finish(path, file_sha256(path))
-    lines = LineReader(path)
     if suffix in (".jsonl", ".json"):
-        rows = _read_json_rows(path, lines, builder)
-        if not rows and not builder.report.rows_read:
-            raise DataError(f"{path}: no JSON records")
-        if rows:
-            _fill_from_records(path, builder, rows, text_column, label_column)
-    elif suffix == ".csv":
+        records, sha256 = _json_records(path, builder)
+        _fill_from_records(path, builder, records, text_column, label_column)
+        return builder.finish(path, sha256())
+    lines = LineReader(path)
+    if suffix == ".csv":
         _read_csv_stream(path, lines, builder, text_column, label_column)
     else:
         body = iter(lines)

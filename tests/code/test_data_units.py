@@ -238,6 +238,43 @@ def test_jsonl_and_json_array(tmp_path):
     assert table.report.unit == "row" and "invalid_json: 1 (rows 3)" in table.report.summary()
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 1 << 20])
+def test_a_json_array_streams_element_by_element_across_chunk_boundaries(tmp_path, monkeypatch, chunk_bytes):
+    """One line of JSON (as json.dump writes it) read a few bytes at a time: elements, strings, numbers and
+    multi-byte Hangul split at every boundary still parse; a field first seen late becomes a column."""
+    from kosent.data import lines as lines_module
+
+    monkeypatch.setattr(lines_module, "CHUNK_BYTES", chunk_bytes)
+    rows = [{"text": f"정말 좋은 영화 {i}" + "번째" * (i % 5), "label": i % 2, "score": 12345.5 * i} for i in range(40)]
+    rows[30]["late"] = "늦게"
+    path = tmp_path / "one-line.json"
+    path.write_bytes(b"\xef\xbb\xbf \n" + json.dumps(rows, ensure_ascii=False).encode("utf-8"))
+    table = data.read_table(path)
+    assert table.texts == [r["text"] for r in rows] and table.labels == [r["label"] for r in rows]
+    assert table.extra["score"] == [r["score"] for r in rows]
+    assert table.extra["late"] == [None] * 30 + ["늦게"] + [None] * 9
+    assert table.raw_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert data.read_table(path).report.rows_kept == 40  # read again: the same file, the same rows
+
+
+@pytest.mark.parametrize(("body", "problem"), [
+    ('[{"text": "a", "label": 1}, {"text": "b", "label": 0}', r"after element 2, expected , or \] but found "
+                                                             r"'the end of the file' \(line 1\)"),
+    ('[{"text": "a", "label": 1},\n {"text": "b" "label": 0}]', r"element 2: Expecting ',' delimiter \(line 2\)"),
+    ('[{"text": "a", "label": 1},\n\n]', r"element 2: Expecting value \(line 3\)"),
+    ('[{"text": "a", "label": 1}] [', r"more data after its closing \] \(line 1\)"),
+    ('[{"text": "a", "label": 1} {"text": "b", "label": 0}]', r"after element 1, expected , or \] but found '\{'"),
+])
+def test_a_broken_json_array_names_the_element_and_line(tmp_path, monkeypatch, body, problem):
+    from kosent.data import lines as lines_module
+
+    monkeypatch.setattr(lines_module, "CHUNK_BYTES", 5)
+    path = tmp_path / "broken.json"
+    path.write_text(body, encoding="utf-8")
+    with pytest.raises(data.DataError, match=r"broken\.json: not a valid JSON array: " + problem):
+        data.read_table(path)
+
+
 def test_parquet_with_label_map(tmp_path):
     path = tmp_path / "x.parquet"
     pq.write_table(

@@ -18,11 +18,13 @@ accuracy is never read from them. Everything runs side by side in one invocation
    rows/s can be set against training samples/s on the same machine (goal: >= 5x).
 4. **A worker's memory with a buffer.** One Train worker reads a shard of ``--shard-rows`` rows (smallest and
    largest) as training reads it, whole and ``--buffer-rows`` at a time: its peak RSS should follow the buffer,
-   not the shard (goal: flat within 10% from the smallest shard to the largest).
+   not the shard (goal: flat within 10% from the smallest shard to the largest). With ``--scored-share`` that
+   share of each shard is a teacher's scored texts (the unlabelled pool distillation draws, with made-up
+   probabilities: only memory and speed are read), mixed into every buffer as distillation mixes them.
 
     .venv/bin/python bench/bench_ingest.py [--sizes 150000 1000000 10000000] [--ingest-rows 200000] [--json F]
         [--sections driver json workers buffer] [--json-rows 150000 1500000] [--shard-rows 200000 800000]
-        [--buffer-rows 50000]
+        [--buffer-rows 50000] [--scored-share 0.5]
 """
 
 from __future__ import annotations
@@ -150,9 +152,11 @@ def ingest_loop(config: dict) -> None:
     from kosent.config import TrainConfig
     from kosent.data.streaming import read_shard
     from kosent.models import load_tokenizer
-    from kosent.ray_train import RaySession
+    from kosent.ray_train import RaySession, _worker_splits
 
     tokenizer = load_tokenizer(config["model"])
+    payload = config["splits"]
+    splits = _worker_splits(payload)  # validation, read whole as training reads it
     base = rss_mb()
     t0 = time.perf_counter()
     if config["tokenized"]:  # input_ids came from a map_batches stage
@@ -160,8 +164,10 @@ def ingest_loop(config: dict) -> None:
         enc = batches.Encoded(table.column("input_ids").to_pylist(), table.column("label").to_pylist())
         rows = batches.InMemoryRows(enc)
     else:
-        cfg = TrainConfig(model=config["model"], max_length=MAX_LENGTH, buffer_rows=config["buffer_rows"])
-        rows = RaySession(train_rows=config["train_rows"]).training_rows(cfg, None, tokenizer)
+        cfg = TrainConfig(model=config["model"], max_length=MAX_LENGTH, buffer_rows=config["buffer_rows"],
+                          teacher="bench-teacher" if payload["unlabelled_rows"] else None)
+        session = RaySession(train_rows=payload["train_rows"], unlabelled_rows=payload["unlabelled_rows"])
+        rows = session.training_rows(cfg, splits, tokenizer)
     n_batches = sum(1 for _ in rows.epoch(BATCH_SIZE, tokenizer.pad_token_id, seed=0))
     seconds = time.perf_counter() - t0
     rank = ray.train.get_context().get_world_rank()
@@ -188,9 +194,9 @@ def run_workers(splits, workers: int, model: str, map_batches: bool, storage: st
     from ray.train.torch import TorchTrainer
 
     from kosent.data import streaming
+    from kosent.ray_train import _splits_payload
 
     datasets = streaming.to_ray_datasets(splits)
-    del datasets["validation"]
     if map_batches:  # one tokenizer actor on the CPU the single Train worker leaves free
         datasets["train"] = datasets["train"].map_batches(
             Tokenize, fn_constructor_args=(model,), batch_size=4096, batch_format="numpy", concurrency=1, num_cpus=1
@@ -199,8 +205,9 @@ def run_workers(splits, workers: int, model: str, map_batches: bool, storage: st
     t0 = time.perf_counter()
     trainer = TorchTrainer(
         ingest_loop,
-        train_loop_config={"model": model, "tokenized": map_batches, "out": out, "train_rows": len(splits.train),
-                           "buffer_rows": buffer_rows or len(splits.train)},
+        train_loop_config={"model": model, "tokenized": map_batches, "out": out,
+                           "splits": _splits_payload(splits, list(datasets)),
+                           "buffer_rows": buffer_rows or len(splits.train) + len(splits.unlabelled)},
         datasets=datasets,
         dataset_config=streaming.data_config(list(datasets)),
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
@@ -213,7 +220,28 @@ def run_workers(splits, workers: int, model: str, map_batches: bool, storage: st
     return {"workers": workers, "map_batches": map_batches, "rows_per_worker": ranks[0]["rows"], "seconds": seconds,
             "rows_per_s": sum(r["rows"] for r in ranks) / seconds,
             "worker_peak_mb": max(r["peak_mb"] for r in ranks), "worker_base_mb": max(r["base_mb"] for r in ranks),
-            "buffer_rows": buffer_rows, "wall_s": wall}
+            "buffer_rows": buffer_rows, "scored_rows_per_worker": len(splits.unlabelled) // workers, "wall_s": wall}
+
+
+def shard_splits(source: str, rows: int, scored_share: float):
+    """Splits whose training rows are ``rows`` in all: labelled, and with ``scored_share`` > 0 that share of them
+    unlabelled texts of the source (``unlabelled_pool``, as distillation draws them) with made-up probabilities."""
+    import dataclasses
+
+    import numpy as np
+
+    from kosent.config import DataConfig
+    from kosent.data import make_splits, unlabelled_pool
+
+    scored = round(rows * scored_share)
+    data = DataConfig(source=source, train_size=rows - scored, val_size=1_000, test_size=1_000)
+    splits = make_splits(data)
+    if not scored:
+        return splits
+    excluded = set(splits.train["text"]) | set(splits.validation["text"]) | set(splits.test["text"])
+    texts = unlabelled_pool(data, excluded, seed=0, limit=scored).finish()
+    probs = np.random.default_rng(0).dirichlet([1.0, 1.0], len(texts)).astype(np.float32)
+    return dataclasses.replace(splits, unlabelled=texts, unlabelled_probs=probs)
 
 
 # ---------------------------------------------------------------------------------- 3. model pace
@@ -253,6 +281,8 @@ def main() -> int:
     p.add_argument("--shard-rows", type=int, nargs="+", default=[200_000, 800_000],
                    help="buffer section: train rows of the one worker's shard, smallest and largest")
     p.add_argument("--buffer-rows", type=int, default=50_000, help="buffer section: the worker's buffer")
+    p.add_argument("--scored-share", type=float, default=0.0,
+                   help="buffer section: the share of each shard that is a teacher's scored texts (0: none)")
     p.add_argument("--skip-table", type=int, default=None,
                    help="leave the read-whole-table path out for corpora larger than this")
     p.add_argument("--work-dir", help="where corpora are written (default: a temporary folder, removed)")
@@ -321,7 +351,7 @@ def main() -> int:
         print(f"[bench] workers {figures['workers'][-1]}", flush=True)
     if "buffer" in args.sections:  # one worker, its shard whole vs through the buffer, at two shard sizes
         for n in args.shard_rows:
-            splits = make_splits(DataConfig(source=corpus_of(2 * n), train_size=n, val_size=1_000, test_size=1_000))
+            splits = shard_splits(corpus_of(2 * n), n, args.scored_share)
             for buffer in (None, args.buffer_rows):
                 figures["buffer"].append(run_workers(splits, 1, args.model, False, storage, buffer) | {"shard_rows": n})
                 print(f"[bench] buffer {figures['buffer'][-1]}", flush=True)
@@ -369,7 +399,8 @@ def main() -> int:
                   f"{r['rows_per_s']:,.0f} | {r['rows_per_s'] / pace:.0f}x | {r['worker_peak_mb']:.0f} |")
     if figures["buffer"]:
         print()
-        print(f"One Train worker's memory: its shard read whole vs {args.buffer_rows:,} rows at a time "
+        scored = f", {args.scored_share:.0%} of it a teacher's scored texts" if args.scored_share else ""
+        print(f"One Train worker's memory: its shard{scored} read whole vs {args.buffer_rows:,} rows at a time "
               "(buffer_rows), one epoch to tokenized batches")
         print("| shard rows | buffer | worker peak RSS MB | above its base MB | seconds | rows/s |")
         print("|---|---|---|---|---|---|")

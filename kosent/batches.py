@@ -11,9 +11,10 @@ own, so a worker's memory follows ``buffer_rows``, not the size of the data.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -130,7 +131,7 @@ class TrainingRows(Protocol):
 
 @dataclass
 class InMemoryRows:
-    """Every row tokenized and held at once: the whole split in one process (or a teacher's mixed rows)."""
+    """Every row tokenized and held at once: the whole split in one process (``kosent train``)."""
 
     encoded: Encoded
 
@@ -145,42 +146,79 @@ class InMemoryRows:
 
 
 @dataclass
-class BufferedRows:
-    """A stream of ``rows`` rows read ``buffer_rows`` at a time: memory bounded by the buffer, not the data.
+class Chunk:
+    """Raw training rows of one buffer: labelled texts and, with a teacher, scored texts with the teacher's
+    probabilities (``probs``, rows x labels; ``None`` without a teacher). :func:`kosent.distill.encode_rows`
+    tokenizes it."""
 
-    ``chunks()`` starts a new pass and yields ``(texts, labels)`` of exactly ``buffer_rows`` rows each (the last
-    one the rest), as ``iter_batches(batch_size=buffer_rows)`` of a Ray Dataset shard does. Each chunk is
-    tokenized when it arrives, then shuffled and length-bucketed on its own; chunk 0 uses the epoch's seed,
-    so a stream that fits in one chunk gives exactly the batches of :class:`InMemoryRows` over the same rows.
-    The number of batches follows from ``rows`` alone, which keeps data-parallel ranks in lockstep: a chunk of
-    another size is an error, not a silent hang in the next collective.
-    """
-
-    rows: int
-    buffer_rows: int
-    chunks: Callable[[], Iterable[tuple[list[str], list[int]]]]
-    encode: Callable[[list[str], list[int]], Encoded]
+    texts: list[str]
+    labels: list[int]
+    scored: list[str] = field(default_factory=list)
+    probs: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return self.rows
+        return len(self.texts) + len(self.scored)
 
-    def chunk_sizes(self) -> list[int]:
-        full, rest = divmod(self.rows, self.buffer_rows)
-        return [self.buffer_rows] * full + ([rest] if rest else [])
+
+def chunk_sizes(rows: int, buffer_rows: int) -> list[int]:
+    """``rows`` read ``buffer_rows`` at a time, as ``iter_batches(batch_size=buffer_rows)`` yields them."""
+    full, rest = divmod(rows, buffer_rows)
+    return [buffer_rows] * full + ([rest] if rest else [])
+
+
+@dataclass(frozen=True)
+class MixedPlan:
+    """How a worker reads labelled and scored rows together, about ``buffer_rows`` at a time: both streams are
+    cut into the same number of chunks, so every chunk mixes the two in the proportion of the whole shard and
+    one that fits in a single buffer is the whole shard, as :class:`InMemoryRows` would hold it."""
+
+    labelled_rows: int  # per chunk (the last one the rest)
+    scored_rows: int
+    sizes: list[int]  # rows per chunk, both kinds together
+
+    @classmethod
+    def of(cls, labelled: int, scored: int, buffer_rows: int) -> MixedPlan:
+        if not scored:  # labelled rows alone: exactly buffer_rows a chunk
+            return cls(buffer_rows, 0, chunk_sizes(labelled, buffer_rows))
+        chunks = max(1, -(-(labelled + scored) // buffer_rows))
+        per_labelled, per_scored = max(1, -(-labelled // chunks)), max(1, -(-scored // chunks))
+        sizes = [a + b for a, b in itertools.zip_longest(chunk_sizes(labelled, per_labelled),
+                                                        chunk_sizes(scored, per_scored), fillvalue=0)]
+        return cls(per_labelled, per_scored, sizes)
+
+
+@dataclass
+class BufferedRows:
+    """A stream of rows read a chunk at a time: memory bounded by the chunk, not the data.
+
+    ``chunks()`` starts a new pass and yields :class:`Chunk` objects of exactly ``sizes`` rows each, as
+    ``iter_batches`` of a Ray Dataset shard does (:func:`chunk_sizes`; :class:`MixedPlan` with a teacher).
+    Each chunk is tokenized when it arrives, then shuffled and length-bucketed on its own; chunk 0 uses the
+    epoch's seed, so a stream that fits in one chunk gives exactly the batches of :class:`InMemoryRows` over the
+    same rows. The number of batches follows from ``sizes`` alone, which keeps data-parallel ranks in
+    lockstep: a chunk of another size is an error, not a silent hang in the next collective.
+    """
+
+    sizes: list[int]
+    chunks: Callable[[], Iterable[Chunk]]
+    encode: Callable[[Chunk], Encoded]
+
+    def __len__(self) -> int:
+        return sum(self.sizes)
 
     def batches_per_epoch(self, batch_size: int) -> int:
-        return sum(num_batches(n, batch_size) for n in self.chunk_sizes())
+        return sum(num_batches(n, batch_size) for n in self.sizes)
 
     def epoch(self, batch_size: int, pad_id: int, seed: int) -> Iterator[Batch]:
-        expected = self.chunk_sizes()
+        expected = self.sizes
         k = -1
-        for k, (texts, labels) in enumerate(self.chunks()):
-            if k >= len(expected) or len(texts) != expected[k]:
-                raise RuntimeError(f"training rows: chunk {k + 1} holds {len(texts):,} rows, expected "
-                                   f"{expected[k] if k < len(expected) else 0:,} ({self.rows:,} rows in chunks of "
-                                   f"{self.buffer_rows:,}): the shard is not the size this worker was told")
-            yield from iterate(self.encode(texts, labels), batch_size, pad_id, shuffle=True,
+        for k, chunk in enumerate(self.chunks()):
+            if k >= len(expected) or len(chunk) != expected[k]:
+                raise RuntimeError(f"training rows: chunk {k + 1} holds {len(chunk):,} rows, expected "
+                                   f"{expected[k] if k < len(expected) else 0:,} ({len(self):,} rows in "
+                                   f"{len(expected)} chunks): the shard is not the size this worker was told")
+            yield from iterate(self.encode(chunk), batch_size, pad_id, shuffle=True,
                                seed=seed + CHUNK_SEED_STRIDE * k)
         if k + 1 != len(expected):
             raise RuntimeError(f"training rows: the stream ended after {k + 1} of {len(expected)} chunks "
-                               f"({self.rows:,} rows in chunks of {self.buffer_rows:,})")
+                               f"({len(self):,} rows)")

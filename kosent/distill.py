@@ -3,6 +3,7 @@
     splits = with_unlabelled(cfg, splits, score)   the source's texts outside train/validation/test, capped,
                                                    with the teacher's probabilities (``unlabelled_probs``)
     enc = training_set(cfg, splits, tokenizer)     labelled rows (one-hot) + unlabelled rows (teacher)
+    enc = encode_rows(tokenizer, chunk, max_length)  the same for one chunk (a Ray Train worker's buffer)
 
 The teacher scores each unlabelled text once, before training: in this process by default (``kosent train``),
 on the cluster's actors in a Ray run (``kosent.scoring``, passed as ``score``). The workers receive the
@@ -93,22 +94,31 @@ def teacher_probs(teacher: str, texts: list[str], device: torch.device, batch_si
 
 
 def training_set(cfg: TrainConfig, splits: Splits, tokenizer: object) -> batches.Encoded:
-    """The labelled training rows, plus (with a teacher) the unlabelled rows with the teacher's probabilities.
-
-    Every row gets a target distribution when there is a teacher (one-hot for labelled rows); the label of
-    an unlabelled row is the teacher's argmax, used only for the train accuracy that the loop logs."""
+    """The labelled training rows, plus (with a teacher) the unlabelled rows with the teacher's probabilities,
+    tokenized as one :func:`encode_rows` chunk."""
     train = splits.train.to_dict()
-    enc = batches.encode(tokenizer, train["text"], train["label"], cfg.max_length)
     if not cfg.teacher:
-        return enc
+        return encode_rows(tokenizer, batches.Chunk(train["text"], train["label"]), cfg.max_length)
     probs = splits.unlabelled_probs
     if probs is None or len(probs) != len(splits.unlabelled):
         raise DistillError("a teacher needs scored unlabelled texts: build the splits through "
                            "kosent.distill.with_unlabelled")
-    soft = batches.encode(tokenizer, splits.unlabelled, probs.argmax(axis=1).tolist(), cfg.max_length)
-    one_hot = np.eye(len(splits.label_names), dtype=np.float32)[np.asarray(enc.labels, dtype=np.int64)]
+    return encode_rows(tokenizer, batches.Chunk(train["text"], train["label"], splits.unlabelled, probs),
+                       cfg.max_length)
+
+
+def encode_rows(tokenizer: object, chunk: batches.Chunk, max_length: int) -> batches.Encoded:
+    """A chunk's labelled rows, then its scored rows, tokenized. With a teacher (``chunk.probs`` set) every row
+    gets a target distribution: one-hot for labelled rows, the teacher's probabilities for scored ones, whose
+    label is the teacher's argmax, used only for the train accuracy that the loop logs."""
+    enc = batches.encode(tokenizer, chunk.texts, chunk.labels, max_length)
+    if chunk.probs is None:
+        return enc
+    probs = np.asarray(chunk.probs, dtype=np.float32)
+    soft = batches.encode(tokenizer, chunk.scored, probs.argmax(axis=1).tolist(), max_length)
+    one_hot = np.eye(probs.shape[1], dtype=np.float32)[np.asarray(enc.labels, dtype=np.int64)]
     return batches.Encoded(input_ids=enc.input_ids + soft.input_ids, labels=enc.labels + soft.labels,
-                           targets=np.concatenate([one_hot, probs.astype(np.float32)]))
+                           targets=np.concatenate([one_hot, probs]))
 
 
-__all__ = ["DistillError", "check_teacher", "soft_cross_entropy", "teacher_probs", "training_set", "with_unlabelled"]
+__all__ = ["DistillError", "check_teacher", "encode_rows", "soft_cross_entropy", "teacher_probs", "training_set", "with_unlabelled"]

@@ -24,6 +24,7 @@ schedule its workers fails instead of waiting forever.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs
 import ray
 import ray.train
@@ -111,6 +113,7 @@ class RaySession(Session):
     seed: int = 42
     restored_epoch: int | None = None
     train_rows: int = 0  # rows of the whole train split: this worker's shard holds train_rows // world_size
+    unlabelled_rows: int = 0  # a teacher's scored texts, sharded the same way
     _temp_dirs: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -120,15 +123,26 @@ class RaySession(Session):
         self.device = ray.train.torch.get_device()
 
     def training_rows(self, cfg: TrainConfig, splits: Splits, tokenizer: Any) -> batches.TrainingRows:
-        """This worker's shard, read ``cfg.buffer_rows`` at a time every epoch. With a teacher, labelled and
-        scored rows are shuffled together, so both are held whole (``_worker_splits`` read them)."""
-        if cfg.teacher:
-            return super().training_rows(cfg, splits, tokenizer)
+        """This worker's shard, read about ``cfg.buffer_rows`` rows at a time every epoch: its labelled rows
+        and, with a teacher, its scored rows, mixed in every chunk in the proportion of the whole shard."""
+        # streaming_split(equal=True) gives every worker rows // world_size and drops the remainder.
+        labelled = self.train_rows // self.world_size
+        scored = self.unlabelled_rows // self.world_size if cfg.teacher else 0
+        plan = batches.MixedPlan.of(labelled, scored, cfg.buffer_rows)
+
+        def chunks() -> Iterator[batches.Chunk]:
+            train = streaming.shard_chunks("train", plan.labelled_rows)
+            if not scored:
+                yield from (_chunk(table, None, None) for table in train)
+                return
+            unlabelled = streaming.shard_chunks("unlabelled", plan.scored_rows, ("text", streaming.PROBS))
+            for table, soft in itertools.zip_longest(train, unlabelled):  # None: that stream has ended
+                yield _chunk(table, soft, len(splits.label_names))
+
         return batches.BufferedRows(
-            rows=self.train_rows // self.world_size,  # streaming_split(equal=True) drops the remainder
-            buffer_rows=cfg.buffer_rows,
-            chunks=lambda: streaming.shard_chunks("train", cfg.buffer_rows),
-            encode=lambda texts, labels: batches.encode(tokenizer, texts, labels, cfg.max_length),
+            sizes=plan.sizes,
+            chunks=chunks,
+            encode=lambda chunk: distill.encode_rows(tokenizer, chunk, cfg.max_length),
         )
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -188,6 +202,18 @@ class RaySession(Session):
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _chunk(labelled: pa.Table | None, scored: pa.Table | None, labels: int | None) -> batches.Chunk:
+    """One buffer of a worker's rows as the loop encodes it: ``labels`` is None without a teacher, and a stream
+    that has ended (``None``) adds no rows."""
+    texts = [] if labelled is None else labelled.column("text").to_pylist()
+    targets = [] if labelled is None else labelled.column("label").to_pylist()
+    if labels is None:
+        return batches.Chunk(texts, targets)
+    if scored is None:
+        return batches.Chunk(texts, targets, [], np.zeros((0, labels), np.float32))
+    return batches.Chunk(texts, targets, scored.column("text").to_pylist(), streaming.probs_of(scored, labels))
+
+
 def _splits_payload(splits: Splits, names: list[str]) -> dict[str, Any]:
     """What workers need besides the rows, which reach them as Ray Datasets (``kosent.data.streaming``)."""
     return {
@@ -196,27 +222,20 @@ def _splits_payload(splits: Splits, names: list[str]) -> dict[str, Any]:
         "report": splits.report.to_dict(),
         "datasets": names,
         "train_rows": len(splits.train),
+        "unlabelled_rows": len(splits.unlabelled),
     }
 
 
-def _worker_splits(payload: dict[str, Any], whole_train: bool) -> Splits:
-    """This worker's splits: all of validation, its shard of the scored unlabelled texts (if any), no test rows,
-    and its shard of train read whole if ``whole_train`` (a teacher's run). Otherwise ``train`` is left empty
-    here: the loop streams the shard (``RaySession.training_rows``)."""
-    unlabelled, probs = [], None
-    if "unlabelled" in payload["datasets"]:
-        shard = streaming.read_shard("unlabelled", columns=("text", streaming.PROBS))
-        unlabelled = shard.column("text").to_pylist()
-        probs = streaming.probs_of(shard, len(payload["label_names"]))
+def _worker_splits(payload: dict[str, Any]) -> Splits:
+    """This worker's splits as the loop takes them: all of validation, no test rows, and no training rows: the
+    loop streams its shards of ``train`` and ``unlabelled`` (``RaySession.training_rows``)."""
     return Splits(
-        train=streaming.shard_as_dataset("train") if whole_train else as_dataset([], []),
+        train=as_dataset([], []),
         validation=streaming.shard_as_dataset("validation"),
         test=as_dataset([], []),
         label_names=list(payload["label_names"]),
         fingerprint=payload["fingerprint"],
         report=DataReport.from_dict(payload["report"]),
-        unlabelled=unlabelled,
-        unlabelled_probs=probs,
     )
 
 
@@ -224,11 +243,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """What every Ray Train worker runs: rebuild the config, read this worker's shards, then the loop."""
     setup_logging()  # kosent's format and level ($KOSENT_LOG_LEVEL, from _worker_env) in this worker process
     cfg = from_dict(TrainConfig, config["train_config"])
-    splits = _worker_splits(config["splits"], whole_train=bool(cfg.teacher))
+    splits = _worker_splits(config["splits"])
     if cfg.threads is None:
         # Ray sets OMP_NUM_THREADS to the worker's CPU count; torch may have read it before, so set it.
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cfg.cpus_per_worker or 1)))
-    session = RaySession(seed=cfg.seed, train_rows=config["splits"]["train_rows"])
+    session = RaySession(seed=cfg.seed, train_rows=config["splits"]["train_rows"],
+                         unlabelled_rows=config["splits"]["unlabelled_rows"])
     try:
         train_loop(cfg, splits, session)
     finally:

@@ -11,7 +11,8 @@
 before training by ``kosent.scoring``) is split into equal, disjoint shards, one per worker
 (``streaming_split(equal=True)``): a worker tokenizes and batches only its shard, so the work per worker
 shrinks as workers are added, and it reads its training rows one buffer at a time every epoch
-(``TrainConfig.buffer_rows``), so its memory does not grow with the data. ``validation``
+(``TrainConfig.buffer_rows``; with a teacher, labelled and scored rows in the same proportion per buffer), so
+its memory does not grow with the data. ``validation``
 is not split: every worker reads it whole (it is ``val_size`` rows) and scores its share by index, as the
 loop does in one process. Order is preserved, so the same splits give every worker the same rows in every
 attempt: a resumed or restarted run replays the uninterrupted one.
@@ -112,13 +113,13 @@ def read_shard(name: str, columns: tuple[str, ...] = ("text", "label")) -> pa.Ta
     return pa.concat_tables(tables)
 
 
-def shard_chunks(name: str, rows: int) -> Iterator[tuple[list[str], list[int]]]:
-    """One pass over this worker's shard of ``name`` as ``(texts, labels)`` of ``rows`` rows each (the last one
-    the rest): only a chunk or two are held at a time. Each call is a new epoch of the shard (Ray Data runs it
-    for all workers together), in the same order every time."""
+def shard_chunks(name: str, rows: int, columns: tuple[str, ...] = ("text", "label")) -> Iterator[pa.Table]:
+    """One pass over this worker's shard of ``name`` as Arrow tables of ``rows`` rows each (the last one the
+    rest): only a chunk or two are held at a time. Each call is a new epoch of the shard (Ray Data runs it for
+    all workers together), in the same order every time."""
     shard = ray.train.get_dataset_shard(name)
     for chunk in shard.iter_batches(batch_size=rows, batch_format="pyarrow", prefetch_batches=1):
-        yield chunk.column("text").to_pylist(), chunk.column("label").to_pylist()
+        yield chunk.select(list(columns))
 
 
 def shard_as_dataset(name: str) -> datasets.Dataset:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from kosent import batches
+from kosent import batches, distill
 from kosent.metrics import classification_metrics
 
 
@@ -67,14 +67,42 @@ def _encode(texts: list[str], labels: list[int]) -> batches.Encoded:
     return batches.Encoded(input_ids=[[ord(c) for c in t] for t in texts], labels=list(labels))
 
 
+class _CharTokenizer:
+    """One id per character: enough for batching, which sees only ids and lengths."""
+
+    def __call__(self, texts, truncation, max_length, padding):
+        return {"input_ids": [[ord(c) for c in t][:max_length] for t in texts]}
+
+
 def _buffered(texts, labels, buffer_rows, seen_chunks=None, rows=None) -> batches.BufferedRows:
     def chunks():
         for s in range(0, len(texts), buffer_rows):
             if seen_chunks is not None:
                 seen_chunks.append(len(texts[s:s + buffer_rows]))
-            yield texts[s:s + buffer_rows], labels[s:s + buffer_rows]
-    return batches.BufferedRows(rows=len(texts) if rows is None else rows, buffer_rows=buffer_rows,
-                                chunks=chunks, encode=_encode)
+            yield batches.Chunk(texts[s:s + buffer_rows], labels[s:s + buffer_rows])
+    sizes = batches.chunk_sizes(len(texts) if rows is None else rows, buffer_rows)
+    return batches.BufferedRows(sizes=sizes, chunks=chunks, encode=lambda c: _encode(c.texts, c.labels))
+
+
+def _mixed(texts, labels, scored, probs, buffer_rows, seen_chunks) -> batches.BufferedRows:
+    """Labelled and scored rows read together as a Ray Train worker reads its two shards."""
+    plan = batches.MixedPlan.of(len(texts), len(scored), buffer_rows)
+
+    def chunks():
+        a, b = plan.labelled_rows, plan.scored_rows
+        for k in range(len(plan.sizes)):
+            chunk = batches.Chunk(texts[k * a:(k + 1) * a], labels[k * a:(k + 1) * a],
+                                  scored[k * b:(k + 1) * b], probs[k * b:(k + 1) * b])
+            seen_chunks.append(len(chunk))
+            yield chunk
+    return batches.BufferedRows(sizes=plan.sizes, chunks=chunks,
+                                encode=lambda c: distill.encode_rows(_CharTokenizer(), c, max_length=512))
+
+
+def _rows(batch) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+    """Each row of a batch as (its unpadded ids, its target distribution)."""
+    return [(tuple(int(t) for t in ids[mask.bool()]), tuple(target.tolist())) for ids, mask, target in
+            zip(batch["input_ids"], batch["attention_mask"], batch["targets"], strict=True)]
 
 
 def test_a_stream_that_fits_its_buffer_batches_exactly_as_the_rows_held_whole():
@@ -90,7 +118,7 @@ def test_a_stream_larger_than_its_buffer_holds_one_chunk_and_sees_every_row_once
     texts, labels = _texts(203)
     held: list[int] = []
     rows = _buffered(texts, labels, buffer_rows=64, seen_chunks=held)
-    assert rows.chunk_sizes() == [64, 64, 64, 11]
+    assert rows.sizes == [64, 64, 64, 11]
     epochs = []
     for seed in (1, 1, 2):
         got = list(rows.epoch(16, 0, seed=seed))
@@ -103,9 +131,33 @@ def test_a_stream_larger_than_its_buffer_holds_one_chunk_and_sees_every_row_once
     assert epochs[0] == epochs[1] and epochs[0] != epochs[2], "an epoch's order follows its seed"
 
 
+def test_a_teachers_rows_are_mixed_into_every_buffer_in_the_proportion_of_the_shard():
+    texts, labels = _texts(150)
+    scored = [f"라벨 없는 {i} " + "별로" * (i % 30) for i in range(60)]
+    probs = np.stack([np.arange(60) / 64, 1 - np.arange(60) / 64], axis=1).astype(np.float32)
+    whole = distill.encode_rows(_CharTokenizer(), batches.Chunk(texts, labels, scored, probs), max_length=512)
+    want = sorted((tuple(ids), tuple(t.tolist())) for ids, t in zip(whole.input_ids, whole.targets, strict=True))
+
+    assert batches.MixedPlan.of(150, 60, 500) == batches.MixedPlan(150, 60, [210]), "one buffer: the whole shard"
+    held: list[int] = []
+    one = list(_mixed(texts, labels, scored, probs, buffer_rows=500, seen_chunks=held).epoch(16, 0, seed=3))
+    in_memory = list(batches.InMemoryRows(whole).epoch(16, 0, seed=3))
+    for (_, a), (_, b) in zip(one, in_memory, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a), "a shard that fits batches exactly as one held whole"
+
+    plan = batches.MixedPlan.of(150, 60, 64)
+    assert plan == batches.MixedPlan(38, 15, [53, 53, 53, 51])
+    held.clear()
+    rows = _mixed(texts, labels, scored, probs, buffer_rows=64, seen_chunks=held)
+    got = list(rows.epoch(16, 0, seed=3))
+    assert len(got) == rows.batches_per_epoch(16) == 4 * 4
+    assert held == [53, 53, 53, 51] and max(held) <= 64
+    assert sorted(r for _, b in got for r in _rows(b)) == want, "every row once, with its own target"
+
+
 def test_a_shard_of_another_size_than_promised_fails_instead_of_hanging_the_other_ranks():
     texts, labels = _texts(100)
-    with pytest.raises(RuntimeError, match=r"chunk 2 holds 36 rows, expected 64 \(128 rows in chunks of 64\)"):
+    with pytest.raises(RuntimeError, match=r"chunk 2 holds 36 rows, expected 64 \(128 rows in 2 chunks\)"):
         list(_buffered(texts, labels, buffer_rows=64, rows=128).epoch(16, 0, seed=0))
     with pytest.raises(RuntimeError, match=r"the stream ended after 1 of 2 chunks"):
         list(_buffered(texts[:64], labels[:64], buffer_rows=64, rows=100).epoch(16, 0, seed=0))

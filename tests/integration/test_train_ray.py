@@ -30,6 +30,7 @@ from needs import missing  # tests/needs.py
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
+from kosent import batches
 from kosent.config import DataConfig, TrainConfig
 from kosent.data import DataError, make_splits
 from kosent.models import ModelError, gemma
@@ -353,11 +354,13 @@ def test_two_workers_distil_from_a_teacher_with_mean_pooling(ray_cluster, base_c
 
     teacher = fit_local(TrainConfig(model="tfidf", data=base_cfg.data), splits, out_dir=tmp_path / "teacher").checkpoint
     cfg = dataclasses.replace(base_cfg, name="distil", epochs=1, teacher=str(teacher), unlabelled_size=340,
-                              pooling="mean", layer_decay=0.9, score_on="cluster")
+                              pooling="mean", layer_decay=0.9, score_on="cluster", buffer_rows=128)
     result = fit(cfg, splits)
     # Ray Data actors scored the 340 texts before the 2 Train workers (holding both CPUs) started; each worker
-    # trained on its share of the (300 + 340) rows and their targets.
-    assert result.metrics["step"] == -(-(300 + 340) // 32) // 2
+    # trained on its share of the 300 + 340 rows and their targets, read as buffers of 50 labelled + 57 scored,
+    # 50 + 57 and 50 + 56 rows: 4 batches of 32 each.
+    assert batches.MixedPlan.of(150, 170, 128).sizes == [107, 107, 106]
+    assert result.metrics["step"] == 3 * 4
     meta = json.loads((Path(result.checkpoint) / "kosent.json").read_text())
     assert meta["config"]["teacher"] == str(teacher) and meta["config"]["pooling"] == "mean"
     assert json.loads((Path(result.checkpoint) / "config.json").read_text())["model_type"] == "kosent-bert-mean"

@@ -97,14 +97,14 @@ def training_set(cfg: TrainConfig, splits: Splits, tokenizer: object) -> batches
     """The labelled training rows, plus (with a teacher) the unlabelled rows with the teacher's probabilities,
     tokenized as one :func:`encode_rows` chunk."""
     train = splits.train.to_dict()
-    if not cfg.teacher:
-        return encode_rows(tokenizer, batches.Chunk(train["text"], train["label"]), cfg.max_length)
-    probs = splits.unlabelled_probs
-    if probs is None or len(probs) != len(splits.unlabelled):
-        raise DistillError("a teacher needs scored unlabelled texts: build the splits through "
-                           "kosent.distill.with_unlabelled")
-    return encode_rows(tokenizer, batches.Chunk(train["text"], train["label"], splits.unlabelled, probs),
-                       cfg.max_length)
+    chunk = batches.Chunk(train["text"], train["label"])
+    if cfg.teacher:
+        probs = splits.unlabelled_probs
+        if probs is None or len(probs) != len(splits.unlabelled):
+            raise DistillError("a teacher needs scored unlabelled texts: build the splits through "
+                               "kosent.distill.with_unlabelled")
+        chunk.scored, chunk.probs = splits.unlabelled, probs
+    return encode_rows(tokenizer, chunk, cfg.max_length)
 
 
 def encode_rows(tokenizer: object, chunk: batches.Chunk, max_length: int) -> batches.Encoded:

@@ -22,8 +22,12 @@ proxy, the replica, the controller, Ray's daemons, this driver and anything else
 model's own speed (texts per second of forward-pass time, from the replica's ``/stats``): when goodput drops,
 this tells a slower model from an idle one.
 
+``--forward eager traced ...`` deploys once per entry, with the replica's forward passes eager or traced
+(``traced_forward``), and measures each in turn in the same run, then prints their goodput side by side.
+
     .venv/bin/python bench/bench_overload.py --train e5-small-ko
     .venv/bin/python bench/bench_overload.py --checkpoint runs/demo/checkpoint --max-replicas 2 --levels 5
+    .venv/bin/python bench/bench_overload.py --train e5-small-ko --forward eager traced eager traced --levels 1 20
 """
 
 from __future__ import annotations
@@ -274,6 +278,90 @@ def offer(pool, url: str, level: Level, per_request: int, seconds: float, deadli
     level.good_texts = per_request * sum(1 for s in out["answered_s"] if s <= deadline_s)
 
 
+@dataclass
+class Run:
+    """One deployment measured through every level: its forward mode, capacity, levels and last ``/stats``."""
+
+    forward: str
+    capacity: float = float("nan")
+    levels: list[Level] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    model_forward: str | None = None  # what the replica's GET /model says it runs: traced, eager, tfidf
+
+
+def measure(pool, client_pid: int, url: str, args: argparse.Namespace, run: Run, replicas_now) -> None:
+    """Capacity, then each level in turn, against the deployment now running."""
+    pool.apply(client_capacity, (url, 2, 5.0))  # warm-up
+    run.capacity = pool.apply(client_capacity, (url, args.capacity_clients, args.capacity_s)) * args.texts
+    log.info(f"[{run.forward}] capacity: {run.capacity:.1f} texts/s ({args.capacity_clients} closed-loop clients, "
+             f"{args.texts} texts per request); load average {os.getloadavg()[0]:.1f}")
+    for mult in args.levels:
+        level = Level(f"{mult:g}x", mult * run.capacity)
+        offer(pool, url, level, args.texts, args.duration_s, args.deadline_s, args.max_in_flight, replicas_now,
+              client_pid)
+        run.levels.append(level)
+        log.info(f"[{run.forward}] {level.name}: {dict(level.codes)}, goodput {level.good_texts / level.seconds:.1f} "
+                 f"texts/s, replicas running {sorted(level.replicas)}, started {sorted(level.started)}, second asked "
+                 f"for at {level.first_scale_s}s, load average {os.getloadavg()[0]:.1f}")
+        time.sleep(3.0)
+    run.stats = replica_stats(url) or {}
+
+
+def report(run: Run, args: argparse.Namespace) -> bool:
+    """Print one run's tables and goals; True when every goal is met."""
+    levels, cap = run.levels, run.capacity
+    print(f"\n## forward {run.forward} (the replica ran: {run.model_forward})\n\ncapacity (1x): {cap:.1f} texts/s; "
+          f"requests of {args.texts} texts, deadline {args.deadline_s:g} s, {args.duration_s:g} s per level, "
+          f"{args.num_cpus:g} CPU per replica, max_replicas {args.max_replicas}, policy {args.policy}, "
+          f"admission {args.admission}")
+    print("\n| offered | texts/s offered | requests | 200 | 503 | 504 | 408 | other | goodput texts/s | vs 1x "
+          "| answered p50 / p99 ms | refused p50 / p99 ms | replicas running (started) | 2nd replica at |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    base = next((lv for lv in levels if lv.name == "1x"), None)
+    base_good = base.good_texts / base.seconds if base and base.good_texts else float("nan")
+    for lv in levels:
+        n = sum(lv.codes.values())
+        other = n - sum(lv.codes[c] for c in (200, 503, 504, 408))
+        good = lv.good_texts / lv.seconds
+        print(f"| {lv.name} | {lv.offered_texts_per_s:.1f} | {n} | {lv.codes[200]} | {lv.codes[503]} | {lv.codes[504]} "
+              f"| {lv.codes[408]} | {other}{f' (+{lv.not_sent} not sent)' if lv.not_sent else ''} | {good:.1f} "
+              f"| {100 * good / base_good:.0f}% | {percentile(lv.answered_ms, 0.5):.0f} / "
+              f"{percentile(lv.answered_ms, 0.99):.0f} | {percentile(lv.refused_ms, 0.5):.0f} / "
+              f"{percentile(lv.refused_ms, 0.99):.0f} | {min(lv.replicas, default=0)}-{max(lv.replicas, default=0)} "
+              f"({max(lv.started, default=0)}) | {'-' if lv.first_scale_s is None else f'{lv.first_scale_s:.0f} s'} |")
+    print("\ncores used during each level (CPU seconds per second, from /proc; the machine has "
+          f"{os.cpu_count()}), and the model's own speed (texts per second of forward-pass time, and the share "
+          "of the level it was computing):\n")
+    print("| offered | " + " | ".join(ROLES) + " | total | forward texts/s | forward busy |")
+    print("|---|" + "---|" * (len(ROLES) + 3))
+    for lv in levels:
+        print(f"| {lv.name} | " + " | ".join(f"{lv.cores[r]:.2f}" for r in ROLES) + f" | {sum(lv.cores.values()):.2f} "
+              f"| {lv.pass_texts_per_s:.1f} | {100 * lv.pass_share:.0f}% |")
+    stats = run.stats
+    if stats:
+        print(f"\nlast replica's /stats: refused {stats['refused']}, timeouts {stats['timeouts']}, dropped texts "
+              f"{stats['dropped_texts']}, refusal p50 / p99 inside the replica {stats['refusal_ms_p50']} / "
+              f"{stats['refusal_ms_p99']} ms, forward-pass sizes {stats['batch_sizes']}")
+    print("\n| goal | target | measured | met |")
+    print("|---|---|---|---|")
+    ok = True
+    timeouts = sum(lv.codes[408] + lv.codes[504] for lv in levels)
+    others = sum(sum(v for k, v in lv.codes.items() if k not in (200, 503)) for lv in levels)
+    rows = [("408/504 at every level", "0", f"{timeouts} (other non-200/503: {others})", timeouts == 0)]
+    over = [lv for lv in levels if lv.offered_texts_per_s >= cap * 0.999]
+    worst = min((lv.good_texts / lv.seconds / base_good for lv in over), default=float("nan"))
+    rows.append(("goodput 1x..20x vs 1x", ">= 90%", f"worst {100 * worst:.0f}%", worst >= 0.9))
+    p99 = max((percentile(lv.answered_ms, 0.99) for lv in levels if lv.answered_ms), default=float("nan"))
+    rows.append(("answered p99", f"<= {args.deadline_s * 1000:.0f} ms", f"worst level {p99:.0f} ms",
+                 p99 <= args.deadline_s * 1000))
+    r99 = max((percentile(lv.refused_ms, 0.99) for lv in levels if lv.refused_ms), default=0.0)
+    rows.append(("refusal p99", "< 100 ms", f"worst level {r99:.0f} ms", r99 < 100))
+    for what, target, measured, met in rows:
+        ok &= bool(met)
+        print(f"| {what} | {target} | {measured} | {'yes' if met else 'NO'} |")
+    return ok
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -293,6 +381,9 @@ def main() -> int:
     ap.add_argument("--policy", choices=("kosent", "serve"), default="kosent",
                     help="autoscaling policy: kosent's demand-aware one (default) or Serve's request-based one")
     ap.add_argument("--admission", choices=("on", "off"), default="on", help="off: the old behaviour, for contrast")
+    ap.add_argument("--forward", nargs="+", choices=("traced", "eager"), default=["traced"],
+                    help="the replica's forward passes (traced_forward on / off), one deployment each, measured in "
+                         "turn in this run (e.g. eager traced eager traced: side by side)")
     ap.add_argument("--port", type=int, default=8127)
     args = ap.parse_args()
 
@@ -316,16 +407,10 @@ def main() -> int:
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False,
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}})
-    levels: list[Level] = []
+    runs = [Run(forward) for forward in args.forward]
     pool = None
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port, "request_timeout_s": 60})
-        settings = {"checkpoint": checkpoint, "num_cpus": args.num_cpus, "min_replicas": 1,
-                    "max_replicas": args.max_replicas, "admission": args.admission == "on"}
-        if args.policy == "serve":
-            settings["autoscaling"] = {"policy": {"policy_function":
-                                                  "ray.serve.autoscaling_policy:replica_queue_length_autoscaling_policy"}}
-        serve.run(app_builder(settings), name="overload", route_prefix="/")
         url = f"http://127.0.0.1:{args.port}/predict"
 
         def replicas_now() -> tuple[int, int]:
@@ -340,20 +425,19 @@ def main() -> int:
                   for i in range(0, len(texts) - args.texts + 1, args.texts)]
         pool = multiprocessing.get_context("spawn").Pool(1, _client_init, (bodies,))
         client_pid = pool.apply(os.getpid)
-        pool.apply(client_capacity, (url, 2, 5.0))  # warm-up
-        cap = pool.apply(client_capacity, (url, args.capacity_clients, args.capacity_s)) * args.texts
-        log.info(f"capacity: {cap:.1f} texts/s ({args.capacity_clients} closed-loop clients, {args.texts} texts "
-                 f"per request); load average {os.getloadavg()[0]:.1f}")
-        for mult in args.levels:
-            level = Level(f"{mult:g}x", mult * cap)
-            offer(pool, url, level, args.texts, args.duration_s, args.deadline_s, args.max_in_flight, replicas_now,
-                  client_pid)
-            levels.append(level)
-            log.info(f"{level.name}: {dict(level.codes)}, goodput {level.good_texts / level.seconds:.1f} texts/s, "
-                     f"replicas running {sorted(level.replicas)}, started {sorted(level.started)}, second asked for "
-                     f"at {level.first_scale_s}s, load average {os.getloadavg()[0]:.1f}")
+        for run in runs:
+            settings = {"checkpoint": checkpoint, "num_cpus": args.num_cpus, "min_replicas": 1,
+                        "max_replicas": args.max_replicas, "admission": args.admission == "on",
+                        "traced_forward": run.forward == "traced"}
+            if args.policy == "serve":
+                settings["autoscaling"] = {"policy": {"policy_function":
+                                                      "ray.serve.autoscaling_policy:replica_queue_length_autoscaling_policy"}}
+            serve.run(app_builder(settings), name="overload", route_prefix="/")
+            run.model_forward = requests.get(url.replace("/predict", "/model"), timeout=10).json().get("forward")
+            log.info(f"[{run.forward}] deployed; the replica runs its model {run.model_forward}")
+            measure(pool, client_pid, url, args, run, replicas_now)
+            serve.delete("overload")
             time.sleep(3.0)
-        stats = replica_stats(url) or {}
     finally:
         if pool is not None:
             pool.terminate()
@@ -361,53 +445,18 @@ def main() -> int:
         ray.shutdown()
         tmp.cleanup()
 
-    print(f"\ncapacity (1x): {cap:.1f} texts/s; requests of {args.texts} texts, deadline {args.deadline_s:g} s, "
-          f"{args.duration_s:g} s per level, {args.num_cpus:g} CPU per replica, max_replicas {args.max_replicas}, "
-          f"policy {args.policy}, admission {args.admission}")
-    print("\n| offered | texts/s offered | requests | 200 | 503 | 504 | 408 | other | goodput texts/s | vs 1x "
-          "| answered p50 / p99 ms | refused p50 / p99 ms | replicas running (started) | 2nd replica at |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    base = next((lv for lv in levels if lv.name == "1x"), None)
-    base_good = base.good_texts / base.seconds if base else float("nan")
-    for lv in levels:
-        n = sum(lv.codes.values())
-        other = n - sum(lv.codes[c] for c in (200, 503, 504, 408))
-        good = lv.good_texts / lv.seconds
-        print(f"| {lv.name} | {lv.offered_texts_per_s:.1f} | {n} | {lv.codes[200]} | {lv.codes[503]} | {lv.codes[504]} "
-              f"| {lv.codes[408]} | {other}{f' (+{lv.not_sent} not sent)' if lv.not_sent else ''} | {good:.1f} "
-              f"| {100 * good / base_good:.0f}% | {percentile(lv.answered_ms, 0.5):.0f} / "
-              f"{percentile(lv.answered_ms, 0.99):.0f} | {percentile(lv.refused_ms, 0.5):.0f} / "
-              f"{percentile(lv.refused_ms, 0.99):.0f} | {min(lv.replicas, default=0)}-{max(lv.replicas, default=0)} "
-              f"({max(lv.started, default=0)}) | {'-' if lv.first_scale_s is None else f'{lv.first_scale_s:.0f} s'} |")
-    print("\ncores used during each level (CPU seconds per second, from /proc; the machine has "
-          f"{os.cpu_count()}), and the model's own speed (texts per second of forward-pass time, and the share "
-          "of the level it was computing):\n")
-    print("| offered | " + " | ".join(ROLES) + " | total | forward texts/s | forward busy |")
-    print("|---|" + "---|" * (len(ROLES) + 3))
-    for lv in levels:
-        print(f"| {lv.name} | " + " | ".join(f"{lv.cores[r]:.2f}" for r in ROLES) + f" | {sum(lv.cores.values()):.2f} "
-              f"| {lv.pass_texts_per_s:.1f} | {100 * lv.pass_share:.0f}% |")
-    if stats:
-        print(f"\nlast replica's /stats: refused {stats['refused']}, timeouts {stats['timeouts']}, dropped texts "
-              f"{stats['dropped_texts']}, refusal p50 / p99 inside the replica {stats['refusal_ms_p50']} / "
-              f"{stats['refusal_ms_p99']} ms, forward-pass sizes {stats['batch_sizes']}")
-    print("\n| goal | target | measured | met |")
-    print("|---|---|---|---|")
     ok = True
-    timeouts = sum(lv.codes[408] + lv.codes[504] for lv in levels)
-    others = sum(sum(v for k, v in lv.codes.items() if k not in (200, 503)) for lv in levels)
-    rows = [("408/504 at every level", "0", f"{timeouts} (other non-200/503: {others})", timeouts == 0)]
-    over = [lv for lv in levels if lv.offered_texts_per_s >= cap * 0.999]
-    worst = min((lv.good_texts / lv.seconds / base_good for lv in over), default=float("nan"))
-    rows.append(("goodput 1x..20x vs 1x", ">= 90%", f"worst {100 * worst:.0f}%", worst >= 0.9))
-    p99 = max((percentile(lv.answered_ms, 0.99) for lv in levels if lv.answered_ms), default=float("nan"))
-    rows.append(("answered p99", f"<= {args.deadline_s * 1000:.0f} ms", f"worst level {p99:.0f} ms",
-                 p99 <= args.deadline_s * 1000))
-    r99 = max((percentile(lv.refused_ms, 0.99) for lv in levels if lv.refused_ms), default=0.0)
-    rows.append(("refusal p99", "< 100 ms", f"worst level {r99:.0f} ms", r99 < 100))
-    for what, target, measured, met in rows:
-        ok &= bool(met)
-        print(f"| {what} | {target} | {measured} | {'yes' if met else 'NO'} |")
+    for run in runs:
+        ok &= report(run, args)
+    if len(runs) > 1:
+        print("\n| run | forward | capacity texts/s | " + " | ".join(f"{lv.name} goodput vs 1x" for lv in runs[0].levels)
+              + " |")
+        print("|---|---|---|" + "---|" * len(runs[0].levels))
+        for k, run in enumerate(runs, 1):
+            base = next((lv for lv in run.levels if lv.name == "1x"), None)
+            base_good = base.good_texts / base.seconds if base and base.good_texts else float("nan")
+            print(f"| {k} | {run.forward} | {run.capacity:.1f} | "
+                  + " | ".join(f"{100 * lv.good_texts / lv.seconds / base_good:.0f}%" for lv in run.levels) + " |")
     print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     return 0 if ok else 1
 

@@ -7,7 +7,9 @@ reverse, so loading a predictor (a Serve replica) does not import the data reade
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,11 @@ from kosent.checkpoint import fetch_checkpoint, load_checkpoint, read_meta
 from kosent.models.tfidf import TfidfClassifier
 from kosent.storage import is_uri
 from kosent.text import normalize
+
+logger = logging.getLogger(__name__)
+
+#: A traced model must give the eager model's probabilities to within this (float32 rounding, not a change).
+TRACE_TOLERANCE = 1e-4
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:
@@ -65,6 +72,9 @@ class Predictor:
         self.device = torch.device(device)
         self.tfidf: TfidfClassifier | None = None  # set for an ensemble checkpoint
         self.tfidf_weight = 0.0
+        #: ``(input_ids, attention_mask) -> logits``: the model itself, or its TorchScript trace (:meth:`trace`).
+        self._logits = self._eager_logits
+        self.forward_mode = "eager"
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> Predictor:
@@ -86,16 +96,60 @@ class Predictor:
         """``(len(texts), num_labels)`` probabilities, in the order given."""
         if not texts:
             return np.zeros((0, len(self.label_names)), dtype=np.float32)
-        enc = self.tokenizer([normalize(t) for t in texts], truncation=True, max_length=self.max_length)
-        encoded = batches.Encoded(input_ids=list(enc["input_ids"]), labels=[0] * len(texts))
         out = np.zeros((len(texts), len(self.label_names)), dtype=np.float32)
-        for idx, batch in batches.iterate(encoded, self.batch_size, self.tokenizer.pad_token_id, shuffle=False):
-            logits = self.model(input_ids=batch["input_ids"].to(self.device),
-                                attention_mask=batch["attention_mask"].to(self.device)).logits
-            out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        for idx, input_ids, attention_mask in self._batches(texts):
+            out[idx] = torch.softmax(self._logits(input_ids, attention_mask).float(), dim=-1).cpu().numpy()
         if self.tfidf is not None:
             out = mix(out, self.tfidf.predict_proba(list(texts)), self.tfidf_weight).astype(np.float32)
         return out
+
+    def _batches(self, texts: Sequence[str]) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """``(indices, input_ids, attention_mask)`` of length-sorted, padded batches, on the model's device."""
+        enc = self.tokenizer([normalize(t) for t in texts], truncation=True, max_length=self.max_length)
+        encoded = batches.Encoded(input_ids=list(enc["input_ids"]), labels=[0] * len(texts))
+        for idx, batch in batches.iterate(encoded, self.batch_size, self.tokenizer.pad_token_id, shuffle=False):
+            yield idx, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def _eager_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    @torch.inference_mode()
+    def trace(self, texts: Sequence[str]) -> str | None:
+        """Run forward passes through a TorchScript trace of the model, traced on ``texts``; None when it is
+        in use, else why not (the model then stays eager, unchanged).
+
+        Why: a traced module runs its whole pass in C++ without taking Python's GIL, while an eager pass
+        takes it back after every op. In a Serve replica the event loop shares the process: under overload
+        it answers dozens of requests (refusals) a second, and each op of an eager pass then waits for the
+        GIL (measured on 2 cores: passes 10-28% slower at 20x the capacity, docs/SERVING.md). The trace
+        shares the model's weights (no second copy). ``texts`` must pad (texts of different lengths), so
+        the padded-mask path is the one recorded; the trace is then checked against the eager model on
+        batches of other shapes and dropped if any probability differs by more than ``TRACE_TOLERANCE``.
+        """
+        if self.model is None:
+            return "no torch model (TF-IDF)"
+        sample = list(self._batches(texts))
+        if len(sample) < 1 or bool(sample[0][2].all()):
+            return "the tracing texts must have different lengths (a padded batch)"
+        _, input_ids, attention_mask = sample[0]
+        try:
+            with warnings.catch_warnings():  # the tracer's notes on Python branches: the check below decides
+                warnings.simplefilter("ignore")
+                traced = torch.jit.trace(_Logits(self.model).eval(), (input_ids, attention_mask),
+                                         strict=False, check_trace=False)
+            first = int(attention_mask[0].sum())  # one text alone, unpadded; the batch in another order
+            checks = [(input_ids[:1, :first], attention_mask[:1, :first]),
+                      (input_ids.flip(0), attention_mask.flip(0))]
+            checks += [(ids, mask) for _, ids, mask in sample[1:]]
+            for ids, mask in checks:
+                diff = (torch.softmax(traced(ids, mask).float(), -1)
+                        - torch.softmax(self._eager_logits(ids, mask).float(), -1)).abs().max().item()
+                if not diff <= TRACE_TOLERANCE:
+                    return f"the trace differs from the model by {diff:.2g} on a batch of shape {tuple(ids.shape)}"
+        except Exception as e:  # noqa: BLE001 - any tracing failure leaves the eager model in place
+            return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'tracing failed'}"
+        self._logits, self.forward_mode = traced, "traced"
+        return None
 
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
         probs = self.predict_proba(texts)
@@ -108,6 +162,17 @@ class Predictor:
             )
             for p in probs
         ]
+
+
+class _Logits(torch.nn.Module):
+    """``model(input_ids, attention_mask).logits`` as a module of two tensors, the form a trace records."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 class TfidfPredictor(Predictor):
@@ -127,6 +192,7 @@ class TfidfPredictor(Predictor):
         self.device = torch.device("cpu")
         self.tfidf = TfidfClassifier.load(path)
         self.tfidf_weight = 1.0
+        self.forward_mode = "tfidf"
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         p = self.tfidf.predict_proba(list(texts)) if texts else np.zeros(0)

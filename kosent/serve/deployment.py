@@ -87,10 +87,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 #: milliseconds) go before the forward pass; on idle CPUs it changes nothing. Relative, not absolute: Ray
 #: starts its workers at niceness 15, so an absolute 5 would put the forward pass *ahead* of the replica's
 #: own event loop, Serve's proxy and every other Ray worker on the node (and it needs root to do so).
+#: With traced passes an increment of 0 (tried) slowed the model more under 20x overload: 20% against 9-14%.
 FORWARD_NICENESS_INCREMENT = 4
 # The GIL switch interval stays at Python's 5 ms. A shorter one (1 ms, tried) lets the event loop take the
 # GIL back sooner, but the forward thread needs it after every torch op: under 20x overload the passes
-# ran 25-30% slower (16-17 vs 21-25 texts/s, bench/bench_overload.py) and refusals were no faster.
+# ran 25-30% slower (16-17 vs 21-25 texts/s, bench/bench_overload.py, eager passes) and refusals were no faster.
 
 
 def _forward(predictor: Any, texts: list[str]) -> list[Any]:
@@ -158,7 +159,8 @@ class KosentServer:
     async def _load(self, name: str, spec: dict[str, Any]) -> LoadedModel:
         """Load a model on the loading thread (never the event loop), onto this replica's device."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size(), self.device)
+        return await loop.run_in_executor(self._load_pool, load_model, name, spec, self._batch_size(), self.device,
+                                          self.args.traced_forward)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Called with ``user_config`` at start-up and whenever it changes: load the new default beside the

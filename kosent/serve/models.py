@@ -3,12 +3,15 @@ reports about it, and a measured warm-up that seeds the replica's throughput est
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from kosent.serve.settings import _read_manifest
 from kosent.tracking import manifest_lineage
+
+logger = logging.getLogger(__name__)
 
 HEALTH_TEXT = "정말 재미있어요"
 #: Short NSMC-like reviews for the warm-up passes (the live estimate replaces what they measure).
@@ -28,6 +31,8 @@ class LoadedModel:
     #: The MLflow run that made the checkpoint (the manifest's lineage block, or the registered version's
     #: model URI, name, version and run id): which run the endpoint serves, trained on what.
     lineage: dict[str, Any] | None = None
+    #: Why the model runs eager although tracing was asked for (None: traced, or not asked).
+    forward_note: str | None = None
 
     def describe(self) -> dict[str, Any]:
         meta = self.predictor.meta
@@ -43,6 +48,8 @@ class LoadedModel:
             "data_fingerprint": meta.get("data_fingerprint"),
             "max_length": getattr(self.predictor, "max_length", None),
             "device": str(getattr(self.predictor, "device", "cpu")),
+            "forward": self.predictor.forward_mode,
+            "forward_note": self.forward_note,
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.loaded_at)) + "Z",
         }
         if self.checkpoint_uri:
@@ -55,16 +62,22 @@ class LoadedModel:
         return out
 
 
-def load_model(name: str, spec: dict[str, Any], batch_size: int, device: str = "cpu") -> LoadedModel:
-    """Load one model (blocking: call it off the event loop) onto ``device`` (the replica's GPU or the CPU)."""
+def load_model(name: str, spec: dict[str, Any], batch_size: int, device: str = "cpu",
+               traced: bool = False) -> LoadedModel:
+    """Load one model (blocking: call it off the event loop) onto ``device`` (the replica's GPU or the CPU);
+    ``traced``: its forward passes run through a TorchScript trace where the model allows it
+    (:meth:`kosent.predict.Predictor.trace`), else eager, with the reason logged and in ``GET /model``."""
     from kosent.predict import Predictor
 
     predictor = Predictor.from_checkpoint(spec["checkpoint"], batch_size=batch_size, device=device)
+    note = predictor.trace(WARMUP_TEXTS) if traced and predictor.model is not None else None
+    if note:
+        logger.warning(f"kosent: model {name} runs eager, its trace was refused: {note}")
     doc = _read_manifest(spec["manifest"]) if spec.get("manifest") else None
     lineage = spec.get("registered") or (manifest_lineage(doc) if doc else None)
     return LoadedModel(name=name, checkpoint=spec["checkpoint"], manifest=spec.get("manifest"),
                        predictor=predictor, manifest_doc=doc, checkpoint_uri=spec.get("checkpoint_uri"),
-                       lineage=lineage)
+                       lineage=lineage, forward_note=note)
 
 
 def warmup_rate(predictor: Any, texts: int) -> float:

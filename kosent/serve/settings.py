@@ -120,6 +120,9 @@ class ReplicaSettings:
                                      "header may shorten it (admission refuses what cannot make it: 503)")
     admission: bool = Field(True, description="refuse at once (503 + Retry-After) a request whose estimated "
                             "wait + service time exceeds its deadline")
+    traced_forward: bool = Field(True, description="run forward passes through a TorchScript trace of the model "
+                                 "(no GIL held during a pass, so answering refusals does not slow it); a model "
+                                 "that cannot be traced runs eager")
     max_ongoing_requests: int | None = Field(None, ge=2, description="requests a replica holds at once "
                                              "(default: max(64, 4 x max_batch_size))")
     max_queued_requests: int = Field(64, ge=-1, description="queued per caller; beyond: 503 at once")

@@ -1,7 +1,7 @@
 """Every model kind kosent trains served through the same endpoint: BERT (tiny), a BERT + TF-IDF ensemble,
 TF-IDF alone, the GRU and EmbeddingGemma (``gemma-ko``, a few steps with most layers frozen). Real Serve on the session cluster, real HTTP on 127.0.0.1, checkpoints trained
 here on real NSMC reviews. Each kind answers ``POST /predict`` like the offline ``Predictor`` and
-describes itself on ``GET /model``."""
+describes itself on ``GET /model``, including whether its forward passes run traced."""
 
 from __future__ import annotations
 
@@ -79,6 +79,11 @@ def test_every_model_kind_serves_predict_and_model(kinds_url, kind_checkpoints, 
     model_type = {"tiny": "bert", "ensemble": "bert", "tfidf": "tfidf", "rnn": "kosent-rnn",
                   "gemma": "kosent-gemma-mean"}[kind]
     assert info["model_type"] == model_type, info["model_type"]
+    # Forward passes run traced (no GIL held) wherever the trace matches the model; EmbeddingGemma's mask is
+    # built with vmap, which the tracer cannot record, so it runs eager and says why.
+    forward = {"tiny": "traced", "ensemble": "traced", "tfidf": "tfidf", "rnn": "traced", "gemma": "eager"}[kind]
+    assert info["forward"] == forward, (info["forward"], info["forward_note"])
+    assert (info["forward_note"] is not None) == (kind == "gemma"), info["forward_note"]
     if kind == "tfidf":
         assert info["max_length"] is None and info["limits"]["max_length_tokens"] is None  # characters, no tokens
     else:

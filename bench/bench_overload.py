@@ -20,7 +20,9 @@ every level, goodput from 1x to 20x at least 90% of the 1x level's, answered p99
 refusals p99 under 100 ms. And where the CPU went during each level (cores used by the client, Serve's
 proxy, the replica, the controller, Ray's daemons, this driver and anything else, from /proc), with the
 model's own speed (texts per second of forward-pass time, from the replica's ``/stats``): when goodput drops,
-this tells a slower model from an idle one.
+this tells a slower model from an idle one. Then where the passes' time went: on a CPU, waiting for a CPU,
+blocked in the forward thread (the GIL, mostly), or handing over between the event loop and that thread;
+and the CPU milliseconds each text cost (a model computing slower shows there, a starved one does not).
 
 ``--forward eager traced ...`` deploys once per entry, with the replica's forward passes eager or traced
 (``traced_forward``), and measures each in turn in the same run, then prints their goodput side by side.
@@ -79,6 +81,10 @@ class Level:
     cores: dict[str, float] = field(default_factory=dict)  # cores each role used during the level
     pass_texts_per_s: float = float("nan")  # inside the replica: texts per second of forward-pass time
     pass_share: float = float("nan")  # forward-pass time / level time: how busy the model was
+    #: Where the passes' time went, shares of it: on a CPU, waiting for one, blocked (the GIL, mostly), and
+    #: handing over between the event loop and the forward thread; and CPU milliseconds per text.
+    pass_split: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_text: float = float("nan")
 
 
 # ---- the load generator: its own process, one asyncio loop --------------------------------------------
@@ -241,6 +247,22 @@ def _passed_texts(stats: dict) -> int:
     return sum(int(size) * n for size, n in stats["batch_sizes"].items())
 
 
+def pass_split(stats0: dict, stats1: dict) -> tuple[dict[str, float], float]:
+    """Shares of the forward passes' time between two ``/stats`` (on CPU, waiting for a CPU, blocked,
+    hand-over), and CPU milliseconds per text; empty and nan where the replica does not report them."""
+    def delta(key: str) -> float | None:
+        a, b = stats0.get(key), stats1.get(key)
+        return None if a is None or b is None else b - a
+
+    loop, thread, cpu, runq = (delta(k) for k in ("forward_seconds", "forward_thread_seconds",
+                                                  "forward_cpu_seconds", "forward_runqueue_seconds"))
+    texts = _passed_texts(stats1) - _passed_texts(stats0)
+    if not loop or thread is None or cpu is None or runq is None or not texts:
+        return {}, float("nan")
+    split = {"on CPU": cpu, "waiting for a CPU": runq, "blocked": thread - cpu - runq, "hand-over": loop - thread}
+    return {k: v / loop for k, v in split.items()}, 1000 * cpu / texts
+
+
 def offer(pool, url: str, level: Level, per_request: int, seconds: float, deadline_s: float, max_in_flight: int,
           replicas_now, client_pid: int) -> None:
     """One level: the client process offers ``level.offered_texts_per_s``; replicas and CPU sampled here."""
@@ -270,6 +292,7 @@ def offer(pool, url: str, level: Level, per_request: int, seconds: float, deadli
         busy = stats1["forward_seconds"] - stats0["forward_seconds"]
         level.pass_texts_per_s = (_passed_texts(stats1) - _passed_texts(stats0)) / busy if busy > 0 else float("nan")
         level.pass_share = busy / (time.perf_counter() - t0)
+        level.pass_split, level.cpu_ms_per_text = pass_split(stats0, stats1)
     stop_sampling.set()
     sampler.join()
     level.seconds, level.codes, level.not_sent = out["seconds"], out["codes"], out["not_sent"]
@@ -337,6 +360,16 @@ def report(run: Run, args: argparse.Namespace) -> bool:
     for lv in levels:
         print(f"| {lv.name} | " + " | ".join(f"{lv.cores[r]:.2f}" for r in ROLES) + f" | {sum(lv.cores.values()):.2f} "
               f"| {lv.pass_texts_per_s:.1f} | {100 * lv.pass_share:.0f}% |")
+    if any(lv.pass_split for lv in levels):
+        print("\nwhere the forward passes' time went (shares of it, from the replica's /stats: the forward thread's "
+              "CPU time and Linux's schedstat), and the CPU each text cost:\n")
+        names = ["on CPU", "waiting for a CPU", "blocked", "hand-over"]
+        print("| offered | " + " | ".join(names) + " | CPU ms per text |")
+        print("|---|" + "---|" * (len(names) + 1))
+        for lv in levels:
+            if lv.pass_split:
+                print(f"| {lv.name} | " + " | ".join(f"{100 * lv.pass_split[k]:.1f}%" for k in names)
+                      + f" | {lv.cpu_ms_per_text:.1f} |")
     stats = run.stats
     if stats:
         print(f"\nlast replica's /stats: refused {stats['refused']}, timeouts {stats['timeouts']}, dropped texts "

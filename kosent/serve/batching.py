@@ -91,8 +91,36 @@ class _Item:
     deadline: float  # time.monotonic() by which the request must be answered
 
 
+def _thread_clock() -> tuple[float, float, float | None]:
+    """The calling thread's (wall, on-CPU, waiting-for-a-CPU) seconds; the last only where Linux's
+    ``/proc/thread-self/schedstat`` exists (its second field: nanoseconds runnable but not running)."""
+    try:
+        with open("/proc/thread-self/schedstat", encoding="ascii") as f:
+            runqueue: float | None = int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        runqueue = None
+    return time.perf_counter(), time.thread_time(), runqueue
+
+
+def _clocked(forward: Callable[[Any, list[str]], Sequence[Any]], predictor: Any,
+             texts: list[str]) -> tuple[Sequence[Any], tuple[float, float, float | None]]:
+    """``forward(predictor, texts)`` on the executor's thread, with where that thread's time went (wall,
+    on-CPU, waiting for a CPU): what the event loop's own timing of the pass cannot tell apart."""
+    w0, c0, r0 = _thread_clock()
+    out = forward(predictor, texts)
+    w1, c1, r1 = _thread_clock()
+    return out, (w1 - w0, c1 - c0, None if r0 is None or r1 is None else r1 - r0)
+
+
 class BatchStats:
-    """Counters behind ``GET /stats``."""
+    """Counters behind ``GET /stats``.
+
+    Where a pass's time goes, for telling a slower model from a starved one: ``forward_seconds`` is the
+    passes as the event loop sees them (hand-over to the forward thread and back included);
+    ``forward_thread_seconds`` the same passes inside the forward thread, of which ``forward_cpu_seconds``
+    on a CPU and ``forward_runqueue_seconds`` waiting for one (Linux). The rest of the thread's time it was
+    blocked (the GIL, mostly); the rest of the event loop's it waited for the loop, busy elsewhere.
+    """
 
     def __init__(self) -> None:
         self.sizes: collections.Counter[int] = collections.Counter()  # texts per forward pass
@@ -103,6 +131,9 @@ class BatchStats:
         self.dropped_texts = 0  # admitted texts whose deadline passed before their pass: not computed
         self.swaps = 0
         self.forward_seconds = 0.0
+        self.forward_thread_seconds = 0.0
+        self.forward_cpu_seconds = 0.0
+        self.forward_runqueue_seconds: float | None = 0.0
         self.handler_ms: collections.deque[float] = collections.deque(maxlen=2000)  # /predict inside the replica
         self.refusal_ms: collections.deque[float] = collections.deque(maxlen=2000)
 
@@ -117,6 +148,10 @@ class BatchStats:
             "max_batch_size_seen": max(self.sizes, default=0),
             "mean_batch_size": (sum(k * v for k, v in self.sizes.items()) / batches) if batches else 0.0,
             "forward_seconds": round(self.forward_seconds, 4),
+            "forward_thread_seconds": round(self.forward_thread_seconds, 4),
+            "forward_cpu_seconds": round(self.forward_cpu_seconds, 4),
+            "forward_runqueue_seconds": (None if self.forward_runqueue_seconds is None
+                                         else round(self.forward_runqueue_seconds, 4)),
             "handler_ms_p50": round(statistics.median(self.handler_ms), 3) if self.handler_ms else None,
             "refusal_ms_p50": round(statistics.median(self.refusal_ms), 3) if self.refusal_ms else None,
             "refusal_ms_p99": (round(statistics.quantiles(self.refusal_ms, n=100)[98], 3)
@@ -228,6 +263,13 @@ class Batcher:
         finally:
             self._admitted -= 1
 
+    def _count_thread_time(self, wall: float, cpu: float, runqueue: float | None) -> None:
+        st = self.stats
+        st.forward_thread_seconds += wall
+        st.forward_cpu_seconds += cpu
+        st.forward_runqueue_seconds = (None if runqueue is None or st.forward_runqueue_seconds is None
+                                       else st.forward_runqueue_seconds + runqueue)
+
     async def _wait_to_fill(self) -> None:
         """Give a partial batch up to ``batch_wait_s`` to fill, unless it is alone (``adaptive_wait``)."""
         if self.batch_wait_s <= 0 or len(self._pending) >= self.max_batch_size or self._filled is None:
@@ -267,8 +309,9 @@ class Batcher:
             try:
                 for predictor, items in groups.values():
                     try:
-                        preds = await loop.run_in_executor(self.executor, self.forward, predictor,
-                                                           [i.text for i in items])
+                        preds, clock = await loop.run_in_executor(self.executor, _clocked, self.forward, predictor,
+                                                                  [i.text for i in items])
+                        self._count_thread_time(*clock)
                     except Exception as e:  # noqa: BLE001 - handed to every waiting request
                         for i in items:
                             if not i.future.done():

@@ -182,3 +182,35 @@ def test_forward_thread_is_nicer_than_the_thread_that_starts_it():
             loop_niceness, forward_niceness = outer.submit(starter).result()
         assert loop_niceness == start
         assert forward_niceness == min(19, start + FORWARD_NICENESS_INCREMENT)
+
+
+def test_stats_tell_a_pass_on_a_cpu_from_one_that_waits(model):
+    """``/stats`` splits pass time into on-CPU, waiting for a CPU, and blocked (the GIL, a lock, a sleep), so a
+    benchmark can tell a slower model from a starved one: here each pass computes 40 ms, then blocks 40 ms."""
+    clf, texts = model
+
+    def compute_then_block(clf: TfidfClassifier, batch: list[str]) -> list[float]:
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.04:  # on a CPU
+            sum(i * i for i in range(1000))
+        time.sleep(0.04)  # blocked
+        return [float(p) for p in clf.predict_proba(batch)]
+
+    b = Batcher(compute_then_block, ThreadPoolExecutor(1), max_batch_size=16, batch_wait_s=0.0)
+
+    async def go():
+        far = time.monotonic() + 30
+        await asyncio.gather(*(b.run(clf, texts[i : i + 16], far) for i in range(0, 64, 16)))
+
+    asyncio.run(go())
+    st = b.stats.to_dict()
+    passes = st["batches"]
+    assert passes >= 4
+    assert st["forward_cpu_seconds"] == pytest.approx(0.04 * passes, abs=0.02 * passes)
+    assert st["forward_thread_seconds"] >= 0.08 * passes  # the sleep counts in the thread's wall time, not its CPU
+    assert st["forward_seconds"] >= st["forward_thread_seconds"]  # the loop sees the hand-over too
+    if Path("/proc/thread-self/schedstat").exists():
+        runqueue = st["forward_runqueue_seconds"]
+        assert runqueue is not None and 0 <= runqueue < st["forward_thread_seconds"] - st["forward_cpu_seconds"]
+    else:
+        assert st["forward_runqueue_seconds"] is None

@@ -180,6 +180,9 @@ class PretrainConfig(TrainConfig):
     unlabelled_size: int | None = Field(20000, ge=0, description="distinct texts of the source to pretrain "
                                         "on, labels unread (never a validation or test text; 0: all of them)")
     holdout_size: int = Field(500, ge=1, description="corpus texts held out to measure masked-LM loss")
+    patience: int = Field(2, ge=1, description="epochs without a lower val_mlm_loss before pretraining stops early")
+    keep_checkpoints: int = Field(2, ge=1, description="epoch checkpoints kept, the best by val_mlm_loss (the "
+                                  "model folder written is the best)")
     # e5 ships without a masked-LM head: gradients from a random head would otherwise pull the encoder off course
     # (docs/IMPROVING.md). The decoder is tied to the word embeddings, so only the head's transform and bias learn.
     head_warmup_ratio: float = Field(0.3, ge=0, le=1, description="share of the steps that train the masked-LM "

@@ -16,6 +16,33 @@ BEST_MODE = "max"
 DEFAULT_BINS = 10
 
 
+def is_better(score: float | None, held: float | None, mode: str = BEST_MODE) -> bool:
+    """Whether an epoch scoring ``score`` replaces the best so far (``held``; None: none yet) in ``mode``.
+
+    Strictly better, so among ties the earlier epoch stays; an epoch without the metric (None) counts as better,
+    so a run that reports none keeps its latest epoch. NaN (not measured) loses to any measured score.
+    """
+    if score is None or held is None:
+        return True
+    if held != held:
+        return score == score
+    return score > held if mode == "max" else score < held
+
+
+def epochs_since_best(scores: Sequence[float | None], mode: str = BEST_MODE) -> tuple[float | None, int]:
+    """The best of per-epoch ``scores`` (as :func:`is_better` picks) and how many measured epochs came after it:
+    what an early stop with ``patience`` compares, recomputed from a run's history. NaN epochs are skipped."""
+    best, since = None, 0
+    for score in scores:
+        if score is not None and score != score:
+            continue
+        if is_better(score, best, mode):
+            best, since = score, 0
+        else:
+            since += 1
+    return best, since
+
+
 def check_predictions(labels: Sequence[int], probs: np.ndarray, num_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """``labels`` as int64 and ``probs`` as float64 ``(n, num_labels)``, or a ValueError naming the problem.
 
@@ -129,4 +156,5 @@ def confusion(labels: Sequence[int], probs: np.ndarray, num_labels: int) -> np.n
     return out
 
 
-__all__ = ["Calibration", "calibration", "check_predictions", "classification_metrics", "confusion"]
+__all__ = ["Calibration", "calibration", "check_predictions", "classification_metrics", "confusion", "epochs_since_best",
+           "is_better"]

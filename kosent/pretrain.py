@@ -33,11 +33,14 @@ from kosent import batches
 from kosent.checkpoint import copy_checkpoint, load_training_state, save_training_state
 from kosent.config import PretrainConfig, to_dict
 from kosent.data import make_splits, unlabelled_pool
+from kosent.metrics import epochs_since_best
 from kosent.train import Session, _autocast, _optimizer, seed_everything
 
 log = logging.getLogger(__name__)
 
 META_FILE = "kosent_pretrain.json"
+#: What picks the epoch a pretraining run delivers and stops it early: the masked-LM loss on held-out texts.
+PRETRAIN_METRIC, PRETRAIN_MODE = "val_mlm_loss", "min"
 
 
 @dataclass
@@ -177,6 +180,8 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
                    "val_mlm_loss": _holdout_loss(model, held, special, mask_id, vocab, cfg, pad_id, session.device),
                    "samples_per_second": seen_all / max(seconds, 1e-9), "epoch_seconds": seconds}
         history.append(metrics)
+        # Early stop as in fine-tuning, on the held-out loss (recomputed from the history, so a resumed run agrees).
+        best, bad_epochs = epochs_since_best([h["val_mlm_loss"] for h in history], mode=PRETRAIN_MODE)
         folder = None
         if session.rank == 0:
             log.info(f"epoch {epoch + 1}/{cfg.epochs} train_mlm_loss {metrics['train_mlm_loss']:.4f} "
@@ -184,9 +189,14 @@ def pretrain_loop(cfg: PretrainConfig, corpus: Corpus, session: Session) -> list
             folder = Path(tempfile.mkdtemp(prefix="kosent-pretrain-"))
             save_model_folder(folder, model, tokenizer, cfg, corpus.report, history)
             save_training_state(folder, optimizer, scheduler, {"epoch": epoch + 1, "step": step, "history": history,
-                                                               "best": 0.0, "bad_epochs": 0})
+                                                               "best": best, "bad_epochs": bad_epochs})
         session.report(metrics, folder)
         if step >= total:
+            break
+        if bad_epochs >= cfg.patience and epoch + 1 < cfg.epochs:
+            if session.rank == 0:
+                log.info(f"stopping early: val_mlm_loss has not fallen below {best:.4f} for {bad_epochs} epoch(s) "
+                         f"(--patience {cfg.patience})")
             break
     return history
 
@@ -229,14 +239,29 @@ def fit_pretrain_local(cfg: PretrainConfig, out: str | Path) -> Path:
     corpus = unlabelled_corpus(cfg)
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
     out = Path(out)
-    session = Session(out_dir=out.parent / f".{out.name}-epochs", device=device)
+    session = Session(out_dir=out.parent / f".{out.name}-epochs", device=device, metric=PRETRAIN_METRIC,
+                      mode=PRETRAIN_MODE)
     session.out_dir.mkdir(parents=True, exist_ok=True)
-    pretrain_loop(cfg, corpus, session)
-    if out.exists():
-        shutil.rmtree(out)
-    copy_checkpoint(session.last, out)
+    history = pretrain_loop(cfg, corpus, session)
+    _deliver(Path(session.best["path"]), history, out)
     shutil.rmtree(session.out_dir, ignore_errors=True)
     return out
+
+
+def _deliver(chosen: Path, history: list[dict[str, float]], dest: Path) -> Path:
+    """Copy the chosen epoch's folder (the lowest val_mlm_loss) to ``dest`` without its training state; its
+    ``kosent_pretrain.json`` gets the whole run's ``history`` and the ``epoch`` it holds."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    copy_checkpoint(chosen, dest)
+    meta = dest / META_FILE
+    doc = json.loads(meta.read_text(encoding="utf-8"))
+    doc["epoch"] = int(doc["history"][-1]["epoch"])
+    doc["history"] = history
+    meta.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+    losses = ", ".join(f"{h['val_mlm_loss']:.4f}" for h in history)
+    log.info(f"pretrained model folder: {dest}, epoch {doc['epoch']} of {len(history)} (val_mlm_loss per epoch: {losses})")
+    return dest
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +293,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
-    """Check, build the corpus, pretrain with Ray Train, copy the last epoch's folder to ``out``; return it."""
+    """Check, build the corpus, pretrain with Ray Train, copy the best epoch's folder to ``out``; return it."""
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -276,6 +301,7 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     from kosent.data import streaming
     from kosent.ray_train import (
         CONTROLLER_FAILURE_LIMIT,
+        _history,
         _local_copy,
         _with_run_location,
         _worker_env,
@@ -306,23 +332,25 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=cfg.name, storage_path=cfg.storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
+                                               checkpoint_score_attribute=PRETRAIN_METRIC,
+                                               checkpoint_score_order=PRETRAIN_MODE),
             failure_config=FailureConfig(max_failures=cfg.max_failures, controller_failure_limit=CONTROLLER_FAILURE_LIMIT),
             worker_runtime_env={"env_vars": _worker_env(cfg)},
         ),
     )
     result = trainer.fit()
-    if result.checkpoint is None:
+    candidates = list(result.best_checkpoints or [])
+    if not candidates:
         raise ray.train.TrainingFailedError(f"pretraining run {cfg.name} ended without a checkpoint: {result.error}")
-    src = _local_copy(result.checkpoint, cfg.name)
-    dest = Path(out) if out else Path(cfg.storage_path) / cfg.name / "model"
-    if dest.exists():
-        shutil.rmtree(dest)
-    copy_checkpoint(src, dest)
-    history = json.loads((dest / META_FILE).read_text(encoding="utf-8"))["history"]
-    losses = ", ".join(f"{h['val_mlm_loss']:.4f}" for h in history)
-    log.info(f"pretrained model folder: {dest} (val_mlm_loss per epoch: {losses})")
-    return dest
+    # Lowest val_mlm_loss (NaN: none measured, last); among ties the earliest epoch, as the in-process run picks.
+    chosen, _ = min(candidates, key=lambda cm: (_loss_key(cm[1].get(PRETRAIN_METRIC)), cm[1].get("epoch", 0)))
+    history = _history(result.checkpoint or chosen)
+    return _deliver(_local_copy(chosen, cfg.name), history, Path(out) if out else Path(cfg.storage_path) / cfg.name / "model")
+
+
+def _loss_key(loss: float | None) -> float:
+    return float("inf") if loss is None or loss != loss else loss
 
 
 __all__ = ["Corpus", "fit_pretrain", "fit_pretrain_local", "mask_tokens", "pretrain_loop", "unlabelled_corpus"]

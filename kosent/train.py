@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from kosent.checkpoint import (
 )
 from kosent.config import TrainConfig, changed_fields, to_dict
 from kosent.data import Splits, make_splits
-from kosent.metrics import BEST_METRIC, classification_metrics
+from kosent.metrics import BEST_METRIC, BEST_MODE, classification_metrics, is_better
 from kosent.models import ModelError, freeze, layer_depth, load_model_and_tokenizer, lora
 from kosent.models.tfidf import TfidfClassifier
 
@@ -44,12 +44,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Session:
-    """A single process: rank 0 of 1. Checkpoints go to ``out_dir/epoch_N``; best and last are kept."""
+    """A single process: rank 0 of 1. Checkpoints go to ``out_dir/epoch_N``; best and last are kept.
+
+    "Best" is by ``metric`` (``mode`` max or min; among ties the earliest epoch): val_macro_f1 for a
+    classifier, val_mlm_loss for masked-LM pretraining. An epoch that reports no such metric counts as best.
+    """
 
     out_dir: Path = Path("runs/local")
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    metric: str = BEST_METRIC
+    mode: Literal["max", "min"] = BEST_MODE
     best: dict[str, Any] = field(default_factory=dict)
     last: Path | None = None
 
@@ -74,9 +80,8 @@ class Session:
             shutil.rmtree(dest)
         shutil.move(str(checkpoint_dir), dest)
         previous_best = self.best.get("path")
-        score = metrics.get(BEST_METRIC, float("inf"))  # pretraining has no F1: its latest epoch counts
-        if score > self.best.get(BEST_METRIC, -1.0):
-            self.best = {"path": dest, BEST_METRIC: score}
+        if is_better(metrics.get(self.metric), self.best.get(self.metric), self.mode):
+            self.best = {"path": dest, self.metric: metrics.get(self.metric)}
         # Keep only the best and the latest epoch on disk.
         for old in {previous_best, self.last} - {self.best["path"], dest, None}:
             shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from kosent import batches, distill
-from kosent.metrics import classification_metrics
+from kosent.metrics import classification_metrics, epochs_since_best, is_better
 
 
 def test_length_buckets_cover_every_index_once_and_pad_less_than_fixed():
@@ -41,6 +41,18 @@ def test_collate_pads_to_longest_and_masks():
     assert out["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert out["labels"].tolist() == [1, 0]
+
+
+def test_the_best_epoch_is_strictly_better_earliest_among_ties_and_measured_over_nan():
+    assert is_better(0.8, 0.7) and not is_better(0.7, 0.7) and not is_better(0.6, 0.7)
+    assert is_better(3.0, 3.5, "min") and not is_better(3.5, 3.5, "min")
+    assert is_better(None, 0.7) and is_better(0.1, None)  # no metric reported / nothing held yet
+    assert is_better(9.0, float("nan"), "min") and not is_better(float("nan"), 9.0, "min")
+    # Early stop: the best so far and the measured epochs after it (NaN epochs neither count nor reset).
+    assert epochs_since_best([4.0, 3.5, 3.6, 3.7], "min") == (3.5, 2)
+    assert epochs_since_best([4.0, 3.5, float("nan"), 3.6], "min") == (3.5, 1)
+    assert epochs_since_best([0.80, 0.85, 0.85], "max") == (0.85, 1)
+    assert epochs_since_best([]) == (None, 0)
 
 
 def test_metrics_match_sklearn():

@@ -141,6 +141,25 @@ def test_local_pretraining_writes_a_model_folder_training_accepts(nsmc_path, tmp
     assert result.history[0]["val_accuracy"] > 0
 
 
+@pytest.mark.timeout(300)
+def test_local_pretraining_stops_on_held_out_loss_and_delivers_its_best_epoch(nsmc_path, tmp_path, monkeypatch):
+    """``--patience`` and the folder written follow val_mlm_loss (lower is better), as fine-tuning follows
+    val_macro_f1. The held-out losses are scripted to rise after epoch 2; the training itself is real."""
+    import kosent.pretrain as pretrain_mod
+
+    losses = iter([4.0, 3.5, 3.6, 3.0])
+    monkeypatch.setattr(pretrain_mod, "_holdout_loss", lambda *a, **k: next(losses))
+    cfg = PretrainConfig(model="tiny", unlabelled_size=200, holdout_size=20, batch_size=32, max_length=32,
+                         data=SMALL, threads=1, epochs=4, patience=1)
+    folder = pretrain_mod.fit_pretrain_local(cfg, tmp_path / "dapt")
+    doc = json.loads((folder / pretrain_mod.META_FILE).read_text())
+    assert [h["val_mlm_loss"] for h in doc["history"]] == [4.0, 3.5, 3.6]  # stopped: one epoch without a fall
+    assert [h["step"] for h in doc["history"]] == [7, 14, 21]
+    # The folder is epoch 2's (``epoch`` is read from the copied folder's own history, which ends at its epoch).
+    assert doc["epoch"] == 2 and (folder / "model.safetensors").is_file()
+    assert not (tmp_path / ".dapt-epochs").exists() and not (folder / "training_state").exists()
+
+
 def test_pretraining_refuses_settings_only_a_classifier_reads():
     """Masked-LM pretraining has no head to pool for, no adapters and no teacher: such settings are refused,
     from Python or YAML, and ``ray_jobs/pretrain.py`` offers no flag for them."""

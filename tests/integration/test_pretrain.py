@@ -65,6 +65,7 @@ def test_pretrain_job_output_is_a_starting_model_for_training(ray_cluster, tmp_p
     # corpus in train_loop_config): ceil(300 / 32) = 10 steps an epoch.
     assert [h["step"] for h in doc["history"]] == [10, 20]
     assert doc["history"][-1]["val_mlm_loss"] < doc["history"][0]["val_mlm_loss"]  # it learned something
+    assert doc["epoch"] == 2  # the folder written is the epoch of lowest val_mlm_loss
 
     result = fit_local(TrainConfig(model=str(folder), epochs=1, max_steps=5, batch_size=32, max_length=48,
                                    data=DATA), make_splits(DATA), out_dir=tmp_path / "ft")

@@ -75,13 +75,19 @@ class LineReader:
 
     def _read(self) -> Iterator[bytes]:
         with storage.open_input(self.location) as f:
-            carry = b""
+            # The pieces of the line being read, joined once its LF arrives: a line longer than a chunk costs
+            # its length, not (length / chunk) copies of itself.
+            pieces: list[bytes] = []
             while chunk := f.read(CHUNK_BYTES):
                 self._digest.update(chunk)
-                *lines, carry = (carry + chunk).split(b"\n")
-                for line in lines:
-                    yield line[:-1] if line.endswith(b"\r") else line
-            if carry:
+                *lines, rest = chunk.split(b"\n")
+                if lines:
+                    lines[0] = b"".join([*pieces, lines[0]])
+                    pieces = []
+                    for line in lines:
+                        yield line[:-1] if line.endswith(b"\r") else line
+                pieces.append(rest)
+            if carry := b"".join(pieces):
                 yield carry[:-1] if carry.endswith(b"\r") else carry
 
     def __iter__(self) -> Iterator[bytes]:

@@ -41,6 +41,9 @@ from kosent.data.streaming import PROBS, probs_column, probs_of
 log = logging.getLogger(__name__)
 
 SCORE_BATCH_ROWS = 512  # texts per actor call: long enough to sort by length, short enough to spread
+#: How long a pool may take to start its first actor (placed, checkpoint loaded: 15-21 s for e5-small-ko on
+#: one node) before scoring fails. Without it, a pool the cluster cannot place waits for ever.
+POOL_START_TIMEOUT_S = 600
 
 
 class ScoringError(RuntimeError):
@@ -50,17 +53,20 @@ class ScoringError(RuntimeError):
 @dataclass(frozen=True)
 class ScorePool:
     """How texts are scored on the cluster: ``actors`` scorers, each reserving ``cpus`` CPUs and ``gpus`` GPUs
-    (a GPU scorer scores on its GPU), started with the environment variables ``env``."""
+    (a GPU scorer scores on its GPU), started with the environment variables ``env``; scoring fails when the
+    first actor has not started within ``start_timeout_s`` seconds."""
 
     actors: int = 1
     cpus: float = 1.0
     gpus: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
     batch_size: int = SCORE_BATCH_ROWS
+    start_timeout_s: int = POOL_START_TIMEOUT_S
 
     def __post_init__(self) -> None:
-        if self.actors < 1 or self.cpus < 0 or self.gpus < 0 or self.batch_size < 1:
-            raise ValueError(f"a score pool needs actors >= 1, cpus >= 0, gpus >= 0, batch_size >= 1: {self}")
+        if self.actors < 1 or self.cpus < 0 or self.gpus < 0 or self.batch_size < 1 or self.start_timeout_s < 1:
+            raise ValueError(f"a score pool needs actors >= 1, cpus >= 0, gpus >= 0, batch_size >= 1, "
+                             f"start_timeout_s >= 1: {self}")
 
 
 class _Scorer:
@@ -85,6 +91,7 @@ def score_dataset(ds: ray.data.Dataset, checkpoint: str | Path, pool: ScorePool)
     """``ds`` (a ``text`` column) with the checkpoint's probabilities added as ``probs``, in the same order."""
     ds.context.execution_options.preserve_order = True  # this dataset's own copy of the Data context
     ds.context.enable_progress_bars = False  # the callers log progress in one line
+    ds.context.wait_for_min_actors_s = pool.start_timeout_s  # Ray Data's default (-1) waits for ever
     return ds.map_batches(
         _Scorer,
         fn_constructor_kwargs={"checkpoint": str(checkpoint), "cpus": pool.cpus, "gpus": pool.gpus},
@@ -131,6 +138,11 @@ def cluster_scorer(checkpoint: str | Path, pool: ScorePool, what: str = "texts")
                     log.info("scoring the %s on %d actor(s): %d/%d texts, %.0f texts/s, eta %.0f s", what,
                              pool.actors, done, len(texts), rate, (len(texts) - done) / max(rate, 1e-9))
                     next_log = done + every
+        except ray.exceptions.GetTimeoutError as e:  # the pool's first actor did not start in time
+            free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
+            raise ScoringError(f"scoring the {what} with {checkpoint} on the cluster: no actor of the pool started "
+                               f"within {pool.start_timeout_s} s (each reserves {pool.cpus:g} CPU, {pool.gpus:g} "
+                               f"GPU; free now: {free}): {e}") from e
         except Exception as e:  # Ray's error carries the actor's traceback: lead with what failed
             raise ScoringError(f"scoring the {what} with {checkpoint} on the cluster failed after {done} of "
                                f"{len(texts)} texts: {type(e).__name__}: {e}") from e

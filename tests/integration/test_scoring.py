@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -90,3 +91,14 @@ def test_a_checkpoint_the_actors_cannot_load_is_an_error_naming_it(ray_cluster, 
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ScoringError, match=r"scoring the test split with .*broken on the cluster failed after 0 of 3"):
         cluster_scorer(broken, ScorePool(actors=1), what="test split")(["좋다", "별로", "그저 그래"])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_a_pool_the_cluster_cannot_place_fails_in_its_start_timeout_naming_what_it_asked(ray_cluster, checkpoints):
+    """An actor reserving more CPUs than the cluster has never starts: scoring says so when its start timeout
+    passes, instead of waiting for ever."""
+    t0 = time.monotonic()
+    with pytest.raises(ScoringError, match=r"no actor of the pool started within 5 s \(each reserves 64 CPU"):
+        cluster_scorer(checkpoints["tiny"], ScorePool(actors=1, cpus=64, start_timeout_s=5))(["좋다", "별로"])
+    assert time.monotonic() - t0 < 60

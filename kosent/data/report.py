@@ -44,7 +44,7 @@ class DataReport:
     split_overlap: dict[str, int] = field(default_factory=dict)
     # Filled by make_splits: rows in, duplicate / conflicting rows removed, pool size, and whether those are
     # exact (False: estimated from the smallest hash keys of a source of more than 200,000 distinct texts).
-    dedup: dict[str, int] = field(default_factory=dict)
+    dedup: dict[str, int | bool] = field(default_factory=dict)
     # Filled by make_splits: split name -> {label name: count}.
     split_class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     # Per-file reports when the table is a concatenation (K-MHaS valid + test).

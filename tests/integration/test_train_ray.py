@@ -366,3 +366,28 @@ def test_two_workers_distil_from_a_teacher_with_mean_pooling(ray_cluster, base_c
     assert json.loads((Path(result.checkpoint) / "config.json").read_text())["model_type"] == "kosent-bert-mean"
     preds = Predictor.from_checkpoint(result.checkpoint).predict(TEXTS)
     assert {p.label for p in preds} <= set(splits.label_names)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(420)
+def test_two_workers_train_lora_adapters_and_save_merged_weights(ray_cluster, base_cfg, splits):
+    """LoRA under DDP: two workers train the same adapters (DDP averages their gradients) and rank 0 saves the
+    merged weights: an ordinary BERT folder whose embeddings and layers below ``frozen_layers`` did not move."""
+    from kosent.checkpoint import LORA_STATE_FILE, STATE_DIR
+    from kosent.models import load_model_and_tokenizer
+    from kosent.train import seed_everything
+
+    cfg = dataclasses.replace(base_cfg, name="lora-ddp", lora_rank=4, lora_alpha=8, frozen_layers=1, epochs=2,
+                              lr=5e-3)
+    result = fit(cfg, splits)
+    assert [h["step"] for h in result.history] == [5, 10]
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_macro_f1"]) for h in result.history)
+    saved = load_file(str(result.checkpoint / "model.safetensors"))
+    assert not [k for k in saved if "lora" in k or "base_layer" in k]
+    seed_everything(cfg.seed)  # the loop's initial model, on every worker
+    before = {k: v.numpy() for k, v in load_model_and_tokenizer("tiny", splits.label_names)[0].state_dict().items()}
+    moved = {k for k in saved if not np.array_equal(saved[k], before[k])}
+    assert {"bert.encoder.layer.1.attention.self.query.weight", "classifier.weight"} <= moved
+    assert not {k for k in moved if k.startswith(("bert.embeddings.", "bert.encoder.layer.0."))}
+    assert (result.checkpoint / STATE_DIR / LORA_STATE_FILE).is_file()  # the adapters, for --resume
+    assert len(Predictor.from_checkpoint(result.checkpoint).predict(TEXTS)) == 2

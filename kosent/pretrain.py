@@ -33,7 +33,7 @@ from kosent import batches
 from kosent.checkpoint import copy_checkpoint, load_training_state, save_training_state
 from kosent.config import PretrainConfig, to_dict
 from kosent.data import make_splits, unlabelled_pool
-from kosent.metrics import epochs_since_best
+from kosent.metrics import epochs_since_best, is_better
 from kosent.train import Session, _autocast, _optimizer, seed_everything
 
 log = logging.getLogger(__name__)
@@ -343,14 +343,13 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     candidates = list(result.best_checkpoints or [])
     if not candidates:
         raise ray.train.TrainingFailedError(f"pretraining run {cfg.name} ended without a checkpoint: {result.error}")
-    # Lowest val_mlm_loss (NaN: none measured, last); among ties the earliest epoch, as the in-process run picks.
-    chosen, _ = min(candidates, key=lambda cm: (_loss_key(cm[1].get(PRETRAIN_METRIC)), cm[1].get("epoch", 0)))
+    # The epoch the in-process run would pick: kept epochs in order, each replacing the best when is_better says so.
+    chosen, held = None, None
+    for ckpt, metrics in sorted(candidates, key=lambda cm: cm[1].get("epoch", 0)):
+        if chosen is None or is_better(metrics.get(PRETRAIN_METRIC), held, PRETRAIN_MODE):
+            chosen, held = ckpt, metrics.get(PRETRAIN_METRIC)
     history = _history(result.checkpoint or chosen)
     return _deliver(_local_copy(chosen, cfg.name), history, Path(out) if out else Path(cfg.storage_path) / cfg.name / "model")
-
-
-def _loss_key(loss: float | None) -> float:
-    return float("inf") if loss is None or loss != loss else loss
 
 
 __all__ = ["Corpus", "fit_pretrain", "fit_pretrain_local", "mask_tokens", "pretrain_loop", "unlabelled_corpus"]

@@ -101,10 +101,9 @@ def freeze(model: torch.nn.Module, embeddings: bool, layers: int) -> None:
     num_layers = int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0)
     if layers > num_layers:
         raise ModelError(f"frozen_layers {layers}: {type(model).__name__} has {num_layers} encoder layers")
-    names = [name for name, _ in model.named_parameters() if layer_depth(name, num_layers) <= layers]
-    if not any(layer_depth(n, num_layers) == 0 for n in names):
+    frozen = {name: p for name, p in model.named_parameters() if layer_depth(name, num_layers) <= layers}
+    if not any(layer_depth(n, num_layers) == 0 for n in frozen):
         raise ModelError(f"{type(model).__name__} has no embeddings kosent knows how to freeze "
                          "(freeze_embeddings and frozen_layers are for BERT and Gemma encoders)")
-    params = dict(model.named_parameters())
-    for name in names:
-        params[name].requires_grad_(False)
+    for p in frozen.values():
+        p.requires_grad_(False)

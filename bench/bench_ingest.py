@@ -156,7 +156,8 @@ def ingest_loop(config: dict) -> None:
 
     tokenizer = load_tokenizer(config["model"])
     payload = config["splits"]
-    splits = _worker_splits(payload)  # validation, read whole as training reads it
+    # Training reads validation whole before its first batch; rows tokenized by map_batches need none.
+    splits = None if config["tokenized"] else _worker_splits(payload)
     base = rss_mb()
     t0 = time.perf_counter()
     if config["tokenized"]:  # input_ids came from a map_batches stage

@@ -490,7 +490,11 @@ def main() -> int:
             base_good = base.good_texts / base.seconds if base and base.good_texts else float("nan")
             print(f"| {k} | {run.forward} | {run.capacity:.1f} | "
                   + " | ".join(f"{100 * lv.good_texts / lv.seconds / base_good:.0f}%" for lv in run.levels) + " |")
-    print(f"\nload average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    from kosent.paper_report import hardware
+
+    hw = hardware()  # machines of one kind differ (see docs/SERVING.md): say which one this was
+    print(f"\nmachine: {hw['cpu']}, {hw['cores']} cores, {hw['platform']}; "
+          f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
     return 0 if ok else 1
 
 

@@ -346,7 +346,7 @@ def fit_pretrain(cfg: PretrainConfig, out: str | Path | None = None) -> Path:
     # The epoch the in-process run would pick: kept epochs in order, each replacing the best when is_better says so.
     chosen, held = None, None
     for ckpt, metrics in sorted(candidates, key=lambda cm: cm[1].get("epoch", 0)):
-        if chosen is None or is_better(metrics.get(PRETRAIN_METRIC), held, PRETRAIN_MODE):
+        if is_better(metrics.get(PRETRAIN_METRIC), held, PRETRAIN_MODE):  # held None: the first epoch wins
             chosen, held = ckpt, metrics.get(PRETRAIN_METRIC)
     history = _history(result.checkpoint or chosen)
     return _deliver(_local_copy(chosen, cfg.name), history, Path(out) if out else Path(cfg.storage_path) / cfg.name / "model")

@@ -28,6 +28,7 @@ import re
 import shutil
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from kosent.config import cache_home, utc_now
@@ -233,8 +234,20 @@ def merge_closure(keep: set[str], merges: list[list[str]]) -> set[str]:
         keep |= added
 
 
-def prune(src: Path, dst: Path) -> dict:
-    """Write to ``dst`` the encoder and tokenizer of ``src`` over the pruned vocabulary; return the figures."""
+def corpus_keep(vocab: dict[str, int], corpus_ids: set[int]) -> dict[str, str]:
+    """The smallest vocabulary that leaves the corpus's tokenization unchanged: the special and byte pieces
+    and every piece the corpus uses (``corpus``); the merge closure adds the rest. For a folder that must
+    travel small (``bench/gemma_pack.py``), not for general use: other Korean text falls back to bytes more."""
+    by_id = {i: p for p, i in vocab.items()}
+    reasons = {p: "byte" for p in vocab if re.fullmatch(r"<0x[0-9A-F]{2}>", p)}
+    for i in sorted(corpus_ids):
+        reasons.setdefault(by_id[i], "corpus")
+    return reasons
+
+
+def prune(src: Path, dst: Path, keep: Callable[[dict[str, int], set[int]], dict[str, str]] = default_keep) -> dict:
+    """Write to ``dst`` the encoder and tokenizer of ``src`` over the pieces ``keep`` names (with their merge
+    closure and the special tokens); return the figures."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoTokenizer, Gemma3TextModel
@@ -245,7 +258,7 @@ def prune(src: Path, dst: Path) -> dict:
     texts, corpus_files = corpus_texts()
     log.info(f"tokenizing {len(texts):,} corpus documents with the full vocabulary")
     full_ids = AutoTokenizer.from_pretrained(str(src))(texts, add_special_tokens=False)["input_ids"] if texts else []
-    reasons = default_keep(vocab, {i for ids in full_ids for i in ids})
+    reasons = keep(vocab, {i for ids in full_ids for i in ids})
     for t in tok_json["added_tokens"]:
         if (t["special"] or t["content"] == "<mask>") and t["content"] in vocab:
             reasons[t["content"]] = "special"
@@ -312,4 +325,4 @@ def prune(src: Path, dst: Path) -> dict:
     return stats
 
 
-__all__ = ["ALIAS", "BuildError", "default_keep", "is_alias", "merge_closure", "prune", "pull", "resolve"]
+__all__ = ["ALIAS", "BuildError", "corpus_keep", "default_keep", "is_alias", "merge_closure", "prune", "pull", "resolve"]

@@ -110,14 +110,6 @@ def weights_sha256(tensors: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(MIB), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- pack / unpack
 def prune_to_corpus(src: Path, dst: Path) -> dict:
     """gemma-ko over the corpus's own pieces, with the license NOTICE and model card; the pruning figures."""
@@ -134,6 +126,8 @@ def pack(src: Path, out: Path, bits: int = 8, part_mib: float = DEFAULT_PART_MIB
     """``src`` (a gemma-ko folder) as ``out/weights.npz.xz.NN`` parts and ``out/pack.json``; returns the record.
     ``preset`` is xz's level: 8-bit weights hardly compress (6 takes 5% off in about 100 s of CPU; 0 is quick)."""
     from safetensors.numpy import load_file
+
+    from kosent.models.building import sha256_file
 
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, not {bits}")
@@ -183,7 +177,7 @@ def pack(src: Path, out: Path, bits: int = 8, part_mib: float = DEFAULT_PART_MIB
                 parts.append({"file": part.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
         record = {
             "format": FORMAT, "bits": bits, "block": BLOCK, "source": str(src),
-            "source_weights_sha256": _sha256(src / "model.safetensors"),
+            "source_weights_sha256": sha256_file(src / "model.safetensors"),
             "vocabulary": {k: vocab[k] for k in ("pieces_before", "pieces_after", "params_before", "params_after",
                                                  "kept_by", "verify")},
             "fp32_bytes": vocab["bytes_after"], "npz_bytes": npz.stat().st_size, "xz_bytes": xz.stat().st_size,

@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_improve import finetune_job, hardware  # noqa: E402  (bench/bench_improve.py)
 from gemma_pack import PackError, pack, repart, unpack  # noqa: E402  (bench/gemma_pack.py)
-from gpu_bundle import DEPENDENCIES, BundleError, download  # noqa: E402  (bench/gpu_bundle.py)
+from gpu_bundle import DEPENDENCIES, BundleError, download, tracked_bytes  # noqa: E402  (bench/gpu_bundle.py)
 from gpu_ray import Figures  # noqa: E402  (bench/gpu_ray.py)
 
 log = logging.getLogger("gpu_gemma")
@@ -107,8 +107,7 @@ def prepare(model: Path | None, cache: Path, root: Path = CARRY_ROOT) -> dict[st
     data.parent.mkdir(parents=True)
     with open(data_home() / DATA_FILE, "rb") as fin, lzma.open(data, "wb", preset=9) as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
-    names = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, check=True, capture_output=True).stdout
-    tracked = sum((REPO / n).stat().st_size for n in names.decode().split("\0") if n and (REPO / n).is_file())
+    tracked = tracked_bytes()
     # Two parts that even out the calls: the first call carries pack.json and part 1, the second the rest of
     # the weights with the data and the wheels.
     extra_b = sum(f.stat().st_size for f in pack_b.rglob("*") if f.is_file())

@@ -373,6 +373,30 @@ def build(out: Path, python_version: str = "3.12", compression: str = "lzma", mo
     return bundle
 
 
+def verify(out: Path) -> dict:
+    """Check a carried bundle against its own ``bundle.json`` before anything is installed from it: every file
+    listed is there, with its size and sha256. A copy cut short or changed on the way is named here, file by
+    file, instead of surfacing later as a broken wheel or a model that will not load. Stdlib only: it runs on
+    the GPU machine before the bundle's packages are installed."""
+    manifest = out / "bundle.json"
+    if not manifest.is_file():
+        raise BundleError(f"{manifest} is missing: build the bundle first (python bench/gpu_bundle.py)")
+    files: dict[str, dict] = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    problems = []
+    for name, want in sorted(files.items()):
+        path = out / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != want["bytes"]:
+            problems.append(f"{name}: {path.stat().st_size:,} bytes, bundle.json says {want['bytes']:,}")
+        elif _sha256(path) != want["sha256"]:
+            problems.append(f"{name}: its sha256 differs from bundle.json's")
+    if problems:
+        raise BundleError(f"the bundle in {out} does not match its bundle.json ({len(problems)} of {len(files)} "
+                          f"files): " + "; ".join(problems))
+    return {"files": len(files), "bytes": sum(f["bytes"] for f in files.values())}
+
+
 def _default_cache() -> Path:
     return Path(os.environ.get("KOSENT_HOME", Path.home() / ".cache" / "kosent")) / "wheels" / "gpu-bundle"
 

@@ -159,17 +159,25 @@ class Run:
 
 
 def install(run: Run, bundle: Path) -> dict[str, Any]:
-    """``pip install --no-index --no-deps --target`` every wheel of the bundle (one version of each)."""
+    """``pip install --no-index --no-deps --target`` every wheel of the bundle (one version of each), once every
+    file of the bundle has been checked against its ``bundle.json``."""
     wheels = sorted((bundle / "wheels").glob("*.whl"))
     if not any(w.name.startswith("ray-") for w in wheels):
         raise RunError(f"no Ray wheel in {bundle}/wheels: build the bundle first (python bench/gpu_bundle.py)")
     t0 = time.perf_counter()
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_bundle import BundleError, verify  # bench/gpu_bundle.py: stdlib only at import
+
+    try:
+        checked = verify(bundle)
+    except BundleError as e:
+        raise RunError(str(e)) from None
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
            "--no-cache-dir", "--disable-pip-version-check", "--target", str(run.site), *map(str, wheels)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=run.env())
     if proc.returncode != 0:
         raise RunError(f"pip could not install the bundle ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return {"wheels": len(wheels), "bytes": sum(w.stat().st_size for w in wheels),
+    return {"wheels": len(wheels), "bytes": sum(w.stat().st_size for w in wheels), "checked_files": checked["files"],
             "seconds": round(time.perf_counter() - t0, 1)}
 
 

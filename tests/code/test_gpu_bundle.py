@@ -165,3 +165,31 @@ def test_bundled_model_and_data_unpack_to_the_originals(bundle, tmp_path):
 
     for name in gpu_bundle.DATA_FILES:
         assert lzma.decompress((bundle.out / "data" / f"{name}.xz").read_bytes()) == (data_home() / name).read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_damaged_or_missing_file_is_named_before_anything_is_installed(bundle, tmp_path):
+    """The GPU side checks the carried bundle against its bundle.json first: a byte changed in a wheel and a data
+    file left behind are both named, and pip never runs."""
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.out, copy)
+    assert gpu_bundle.verify(copy)["files"] == len(bundle.files)
+    wheel = sorted((copy / "wheels").glob("*.whl"))[0]
+    data = copy / "data" / f"{gpu_bundle.DATA_FILES[1]}.xz"
+    raw = bytearray(wheel.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    wheel.write_bytes(bytes(raw))
+    data.unlink()
+
+    args = gpu_ray.build_parser().parse_args(["--allow-cpu", "--out", str(tmp_path / "out"), "--work-root", str(tmp_path)])
+    run = gpu_ray.Run(args, dict(gpu_ray.CPU_SIZES), cuda=False)
+    with pytest.raises(gpu_ray.RunError) as caught:
+        gpu_ray.install(run, copy)
+    message = str(caught.value)
+    assert f"wheels/{wheel.name}: its sha256 differs" in message
+    assert f"data/{gpu_bundle.DATA_FILES[1]}.xz: missing" in message
+    assert "(2 of " in message
+    assert not run.site.exists() or not any(run.site.iterdir())  # nothing was installed
